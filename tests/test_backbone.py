@@ -1,0 +1,300 @@
+"""TimmBackbone: outputs match specs, registry spellings, freezing, norms, checkpointing,
+weights, and one block per bad-input rule."""
+import math
+
+import pytest
+import timm
+import torch
+from mmdet.registry import MODELS
+from representative import HOOK_BASED, NON_SQUARE, REPRESENTATIVE
+from torch import nn
+
+import timm_backbones  # noqa: F401  (registers the modules)
+from timm_backbones import TimmBackbone, feature_specs
+
+torch.set_num_threads(2)
+
+
+def _check_outputs(backbone, outs, size):
+    assert isinstance(outs, tuple) and len(outs) == len(backbone.feature_specs)
+    for out, spec in zip(outs, backbone.feature_specs):
+        assert out.dim() == 4 and out.shape[1] == spec.channels, (out.shape, spec)
+        for got, full in zip(out.shape[2:], size):
+            # timm's own tests allow +-1 per side (unpadded convs, pooling rounding)
+            assert abs(got - math.ceil(full / spec.stride)) <= 1, (out.shape, spec, size)
+        assert out.is_contiguous() or out.permute(0, 2, 3, 1).is_contiguous()
+
+
+@pytest.mark.parametrize('name', REPRESENTATIVE)
+def test_outputs_match_specs_non_square(name):
+    backbone = TimmBackbone(name).eval()
+    with torch.no_grad():
+        outs = backbone(torch.rand(1, 3, *NON_SQUARE))
+    _check_outputs(backbone, outs, NON_SQUARE)
+    # the same specs without weights, from the config alone
+    assert feature_specs(dict(type='TimmBackbone', model_name=name)) == backbone.feature_specs
+    assert backbone.out_channels == [s.channels for s in backbone.feature_specs]
+    assert backbone.out_strides == [s.stride for s in backbone.feature_specs]
+
+
+@pytest.mark.parametrize('name', REPRESENTATIVE)
+def test_both_registry_spellings(name):
+    a = MODELS.build(dict(type='TimmBackbone', model_name=name, out_indices=(-1, -2)))
+    b = MODELS.build(dict(type=f'timm.{name}', out_indices=(-1, -2)))
+    assert type(a) is type(b) is TimmBackbone
+    assert a.feature_specs == b.feature_specs
+    # out_indices order is output order
+    assert [s.index for s in a.feature_specs] == [len(a.levels) - 1, len(a.levels) - 2]
+    with torch.no_grad():
+        _check_outputs(a, a.eval()(torch.rand(1, 3, 224, 224)), (224, 224))
+
+
+def test_every_architecture_is_registered():
+    from timm_backbones import TIMM_MODELS
+    assert set(TIMM_MODELS.module_dict) == set(timm.list_models())
+
+
+def test_pretrained_tag_as_model_name():
+    backbone = MODELS.build(dict(type='TimmBackbone', model_name='resnet18.a1_in1k'))
+    assert backbone.out_channels == [64, 128, 256, 512]
+
+
+def _bn_stats(module):
+    return {n: b.clone() for n, b in module.named_buffers() if 'running' in n}
+
+
+@pytest.mark.parametrize('name', [n for n in REPRESENTATIVE if n != 'hrnet_w18_small'])
+def test_frozen_stages(name):
+    backbone = TimmBackbone(name, frozen_stages=2)
+    backbone.train()
+    frozen = {id(p) for p in backbone.parameters() if not p.requires_grad}
+    assert frozen, 'frozen_stages=2 froze nothing'
+    assert len(frozen) < len(list(backbone.parameters())), 'froze everything'
+    # the first level's module is frozen, the deepest requested level is not
+    first = dict(backbone.model.named_modules())[
+        timm_backbones._freeze.find_module(backbone.model, backbone.levels[0].module)]
+    assert all(not p.requires_grad for p in first.parameters())
+    frozen_modules = backbone.frozen_modules()
+    assert frozen_modules and all(not m.training for m in frozen_modules)
+    stats = {id(m): _bn_stats(m) for m in frozen_modules}
+    outs = backbone(torch.rand(2, 3, 224, 224))
+    sum(o.float().mean() for o in outs).backward()
+    for p in backbone.parameters():
+        if id(p) in frozen:
+            assert p.grad is None  # frozen params get no gradient
+    assert any(p.grad is not None for p in backbone.parameters() if p.requires_grad)
+    for m in frozen_modules:  # running stats of frozen stages do not move
+        for n, before in stats[id(m)].items():
+            assert torch.equal(before, dict(m.named_buffers())[n])
+    backbone.train(True)  # train() re-applies eval mode
+    assert all(not m.training for m in frozen_modules)
+
+
+def test_frozen_stages_zero_is_stem_only():
+    backbone = TimmBackbone('resnet18', frozen_stages=0)
+    frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(('model.conv1', 'model.bn1')) for n in frozen)
+    backbone = TimmBackbone('resnet18', frozen_stages=2)  # + act1 (level 0) + layer1 (level 1)
+    frozen = {n.split('.')[1] for n, p in backbone.named_parameters() if not p.requires_grad}
+    assert frozen == {'conv1', 'bn1', 'layer1'}
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'efficientnet_b0', 'convnext_atto',
+                                  'mobilenetv3_large_100', 'densenet121'])
+def test_norm_eval_keeps_running_stats(name):
+    backbone = TimmBackbone(name, norm_eval=True).train()
+    norms = [m for m in backbone.modules() if isinstance(m, timm_backbones._freeze.NORM_TYPES)]
+    assert norms and all(not m.training for m in norms)
+    before = _bn_stats(backbone)
+    backbone(torch.rand(2, 3, 96, 96))
+    after = _bn_stats(backbone)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # without norm_eval the stats do move (so the check above can fail)
+    plain = TimmBackbone(name).train()
+    before = _bn_stats(plain)
+    plain(torch.rand(2, 3, 96, 96))
+    if before:
+        assert any(not torch.equal(before[k], v) for k, v in _bn_stats(plain).items())
+
+
+def test_frozen_bn_keeps_fused_activation():
+    from timm.layers import BatchNormAct2d, FrozenBatchNormAct2d
+    plain = TimmBackbone('efficientnet_b0').eval()
+    assert any(isinstance(m, BatchNormAct2d) for m in plain.modules())
+    frozen = TimmBackbone('efficientnet_b0', frozen_bn=True)
+    frozen.load_state_dict(plain.state_dict(), strict=False)
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in frozen.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        expected = plain(x)
+    frozen = TimmBackbone('efficientnet_b0', frozen_bn=True)
+    _copy_weights(plain, frozen)
+    with torch.no_grad():
+        got = frozen.train()(x)  # frozen BN behaves like eval BN even in train mode
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b)
+
+
+def _copy_weights(src, dst):
+    """Copy parameters and BN statistics by name (frozen BN keeps the same names)."""
+    dst_state = dst.state_dict()
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in dst_state},
+                        strict=False)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'efficientnet_b0', 'convnext_atto',
+                                  'swin_tiny_patch4_window7_224', 'vit_tiny_patch16_224',
+                                  'mobilenetv3_large_100', 'regnety_002'])
+def test_with_cp_same_outputs_and_grads(name):
+    torch.manual_seed(0)
+    ref = TimmBackbone(name, drop_path_rate=0.0)
+    cp = TimmBackbone(name, drop_path_rate=0.0, with_cp=True)
+    cp.load_state_dict(ref.state_dict())
+    # norm_eval-free comparison: eval norms so both see identical statistics
+    ref.train()
+    cp.train()
+    for m in list(ref.modules()) + list(cp.modules()):
+        if isinstance(m, timm_backbones._freeze.NORM_TYPES):
+            m.eval()
+    calls = {id(ref): 0, id(cp): 0}  # checkpointing must really recompute in backward
+    for model in (ref, cp):
+        for m in model.modules():
+            if not list(m.children()):
+                m.register_forward_hook(
+                    lambda *_, key=id(model): calls.__setitem__(key, calls[key] + 1))
+    x = torch.rand(2, 3, 128, 160)
+    outs = [ref(x), cp(x)]
+    for o_ref, o_cp in zip(*outs):
+        torch.testing.assert_close(o_ref, o_cp)
+    assert calls[id(ref)] == calls[id(cp)]
+    for model, o in zip((ref, cp), outs):
+        sum(t.square().mean() for t in o).backward()
+    assert calls[id(cp)] > calls[id(ref)], 'with_cp=True recomputed nothing'
+    for (n, p_ref), (_, p_cp) in zip(ref.named_parameters(), cp.named_parameters()):
+        if p_ref.grad is not None:
+            torch.testing.assert_close(p_ref.grad, p_cp.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_with_cp_unsupported_is_clear():
+    with pytest.raises(ValueError, match='with_cp=True is not supported.*Use with_cp=False'):
+        TimmBackbone(HOOK_BASED[0], with_cp=True)  # FeatureHookNet: checkpointing has no effect
+    with pytest.raises(ValueError, match='with_cp=True is not supported'):
+        TimmBackbone('hrnet_w18_small', with_cp=True)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'vit_tiny_patch16_224', 'efficientnet_b0'])
+def test_pretrained_local_file_round_trip(tmp_path, name):
+    source = timm.create_model(name)
+    path = str(tmp_path / f'{name}.pth')
+    torch.save(source.state_dict(), path)
+    backbone = TimmBackbone(name, pretrained=path)
+    expected = source.state_dict()
+    loaded = 0
+    for key, value in backbone.model.state_dict().items():
+        src_key = _source_key(key, expected)
+        if src_key is not None:
+            assert torch.equal(value, expected[src_key]), key
+            loaded += 1
+    assert loaded >= 0.9 * len(backbone.model.state_dict())
+    # init_weights() (run by mmengine's runner) never overwrites them
+    backbone.init_weights()
+    for key, value in backbone.model.state_dict().items():
+        src_key = _source_key(key, expected)
+        if src_key is not None:
+            assert torch.equal(value, expected[src_key]), key
+
+
+def _source_key(key, source_state):
+    """Map a feature-wrapper key back to the original model's key."""
+    for cand in (key, key.replace('_', '.', 1), key[len('model.'):] if key.startswith('model.')
+                 else None):
+        if cand is not None and cand in source_state:
+            return cand
+    return None
+
+
+def test_init_cfg_pretrained_with_prefix(tmp_path):
+    """A detector checkpoint's backbone weights load through init_cfg=Pretrained + prefix."""
+    donor = TimmBackbone('resnet18')
+    path = str(tmp_path / 'detector.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in donor.state_dict().items()}}, path)
+    backbone = TimmBackbone('resnet18', init_cfg=dict(type='Pretrained', checkpoint=path,
+                                                      prefix='backbone.'))
+    assert not torch.equal(backbone.model.conv1.weight, donor.model.conv1.weight)
+    backbone.init_weights()
+    for k, v in donor.state_dict().items():
+        assert torch.equal(backbone.state_dict()[k], v), k
+
+
+def test_pretrained_true_offline_says_how_to_use_a_file(monkeypatch):
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    import huggingface_hub.constants as hf_constants
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(RuntimeError, match=r"pretrained='/path/to/resnet18.safetensors'"):
+        TimmBackbone('resnet18', pretrained=True)
+
+
+def test_in_channels():
+    backbone = TimmBackbone('resnet18', in_channels=1)
+    outs = backbone(torch.rand(1, 1, 64, 64))
+    assert outs[-1].shape[1] == 512
+
+
+@pytest.mark.parametrize('name,stride', [('resnet18', 16), ('resnet18', 8),
+                                         ('convnext_atto', 16), ('efficientnet_b0', 16)])
+def test_output_stride(name, stride):
+    backbone = TimmBackbone(name, output_stride=stride).eval()
+    assert max(backbone.out_strides) == stride
+    with torch.no_grad():
+        _check_outputs(backbone, backbone(torch.rand(1, 3, 128, 128)), (128, 128))
+
+
+def test_drop_path_rate_and_model_kwargs():
+    backbone = TimmBackbone('convnext_atto', drop_path_rate=0.2,
+                            model_kwargs=dict(ls_init_value=0.5))
+    rates = [m.drop_prob for m in backbone.modules() if type(m).__name__ == 'DropPath']
+    assert rates and max(rates) == pytest.approx(0.2)
+    gammas = [p for n, p in backbone.named_parameters() if n.endswith('gamma')]
+    assert gammas and all(torch.all(g == 0.5) for g in gammas)
+
+
+# ---- bad input: one block per rule, each checking the hint -------------------------------------
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match='Did you mean: resnet50'):
+        TimmBackbone('resnet5O')  # unknown model names list close matches
+    with pytest.raises(ValueError, match="has the tags .*'resnet18.a1_in1k'"):
+        TimmBackbone('resnet18.nope')  # unknown pretrained tag lists the tags
+    with pytest.raises(ValueError, match=r'(?s)out of range.*valid indices -5..4.*channels=512'):
+        TimmBackbone('resnet18', out_indices=(1, 5))  # out_indices within the levels
+    with pytest.raises(ValueError, match='name a level twice'):
+        TimmBackbone('resnet18', out_indices=(4, -1))  # no duplicates
+    with pytest.raises(TypeError, match='list/tuple of ints'):
+        TimmBackbone('resnet18', out_indices=3)  # a sequence, not an int
+    with pytest.raises(ValueError, match='output_stride must be one of'):
+        TimmBackbone('resnet18', output_stride=12)  # 8, 16, 32
+    with pytest.raises(ValueError, match="'vit_tiny_patch16_224' does not support "
+                                         'output_stride=8.*native output stride 16'):
+        TimmBackbone('vit_tiny_patch16_224', output_stride=8)  # TypeError inside timm
+    with pytest.raises(ValueError, match="'dla34' does not support output_stride=16"):
+        TimmBackbone('dla34', output_stride=16)  # bare AssertionError inside timm
+    with pytest.raises(ValueError, match=r'(?s)frozen_stages=7 out of range.*1\.\.5'):
+        TimmBackbone('resnet18', frozen_stages=7)
+    with pytest.raises(ValueError, match='frozen_stages=2 is not available for '
+                                         "'hrnet_w18_small'.*frozen_stages=-1"):
+        TimmBackbone('hrnet_w18_small', frozen_stages=2)  # stages not locatable
+    with pytest.raises(TypeError, match=r"TimmBackbone got unknown option\(s\) 'out_indice' "
+                                        r"\(did you mean 'out_indices'\?\)"):
+        TimmBackbone('resnet18', out_indice=(1, 2))  # unknown options are named
+    with pytest.raises(ValueError, match="model_kwargs may not contain 'in_chans'.*in_channels"):
+        TimmBackbone('resnet18', model_kwargs=dict(in_chans=1))  # managed arguments
+    with pytest.raises(FileNotFoundError, match='no such file'):
+        TimmBackbone('resnet18', pretrained='/nonexistent/weights.pth')
+    with pytest.raises(ValueError, match='in_channels must be a positive int'):
+        TimmBackbone('resnet18', in_channels=0)
+    with pytest.raises(TypeError, match="names the model already"):
+        MODELS.build(dict(type='timm.resnet18', model_name='resnet50'))
+    with pytest.raises(ValueError, match='frozen_bn=True and sync_bn=True exclude each other'):
+        TimmBackbone('resnet18', frozen_bn=True, sync_bn=True)

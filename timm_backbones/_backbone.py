@@ -1,0 +1,255 @@
+"""`TimmBackbone`: any timm feature-extraction model as an mmdet backbone."""
+import difflib
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from timm.models import FeatureHookNet
+from torch import Tensor, nn
+
+from ._freeze import find_module, set_norm_eval, stage_split, to_frozen_bn, to_sync_bn
+from ._plan import level_specs, plan_backbone
+from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
+from ._specs import FeatureSpec, format_specs
+from ._timm import create_features
+
+__all__ = ['TimmBackbone']
+
+
+class TimmBackbone(BaseModule):
+    """A timm model as an mmdet backbone: `forward` returns NCHW maps of the chosen levels.
+
+    Args:
+        model_name: Any `timm.list_models()` architecture or pretrained tag
+            (`'resnet50.a1_in1k'`).
+        out_indices: Feature levels to return, in this order (negative: from the end). Levels
+            are the entries of timm's `feature_info` (e.g. resnet: strides 2, 4, 8, 16, 32; ViT:
+            one per block). Default: the last four levels (all, if fewer).
+        output_stride: 8, 16 or 32 to dilate the last stages (models with timm dilation
+            support), None for the model's own.
+        in_channels: Number of image channels (timm's `in_chans`).
+        pretrained: False, True (timm's hub weights), or a path to a timm-format weight file,
+            loaded into the model before it is wrapped for feature extraction.
+        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and levels 0..k-1
+            (`requires_grad=False`, kept in eval mode across `train()`).
+        norm_eval: Keep every normalization layer in eval mode while training.
+        frozen_bn: Convert batch norms to timm's frozen BN (fused activations kept).
+        sync_bn: Convert batch norms to SyncBatchNorm with timm's converter (BatchNormAct2d
+            becomes SyncBatchNormAct, keeping its activation).
+        with_cp: Gradient checkpointing through timm's `set_grad_checkpointing`.
+        drop_path_rate: Stochastic depth rate (None: timm's default).
+        model_kwargs: Any other `timm.create_model` argument.
+        input_size: 'any' (default): models built for a fixed size (ViT, Swin, ...) get timm's
+            dynamic-size arguments so they take any input size; 'fixed': timm's defaults;
+            (height, width): build for that one size (timm's `img_size`). A model that only
+            runs at one size gets smaller inputs zero-padded (bottom/right) to that size.
+        pyramid: 'auto' (default): plain models whose levels share one stride (ViT, DeiT,
+            EVA, ...) get a simple feature pyramid when more than one level is requested (the
+            default requests four); 'simple': always; None: never.
+        pyramid_strides: Output strides of the pyramid. One source level (the default, the
+            last level, as in ViTDet) feeds every stride; n levels feed the n deepest strides,
+            in order (e.g. out_indices=(3, 5, 7, 11) -> 4, 8, 16, 32; (-3, -2, -1) -> 8, 16, 32).
+        pyramid_channels: None: ViTDet channels (halved per 2x upsampling); an int: every
+            pyramid output projected to that many channels.
+        init_cfg: mmengine init config, e.g. `dict(type='Pretrained', checkpoint=path,
+            prefix='backbone.')` for a backbone or detector checkpoint.
+
+    Example:
+        >>> backbone = TimmBackbone('resnet18', out_indices=(2, 3, 4))
+        >>> [o.shape[1] for o in backbone(torch.rand(1, 3, 64, 64))]
+        [128, 256, 512]
+    """
+
+    def __init__(self,
+                 model_name: str,
+                 out_indices: Optional[Sequence[int]] = None,
+                 output_stride: Optional[int] = None,
+                 in_channels: int = 3,
+                 pretrained: Union[bool, str] = False,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 frozen_bn: bool = False,
+                 sync_bn: bool = False,
+                 with_cp: bool = False,
+                 drop_path_rate: Optional[float] = None,
+                 model_kwargs: Optional[Dict[str, Any]] = None,
+                 input_size: Union[str, Sequence[int]] = 'any',
+                 pyramid: Optional[str] = 'auto',
+                 pyramid_strides: Sequence[int] = DEFAULT_PYRAMID_STRIDES,
+                 pyramid_channels: Optional[int] = None,
+                 init_cfg: Optional[Union[dict, List[dict]]] = None,
+                 **unknown: Any) -> None:
+        if unknown:
+            raise TypeError(_unknown_options_message(type(self).__name__, unknown))
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(pretrained, (bool, str)):
+            raise TypeError(f'pretrained must be False, True or a file path, got {pretrained!r}')
+        if frozen_bn and sync_bn:
+            raise ValueError('frozen_bn=True and sync_bn=True exclude each other: frozen batch '
+                             'norms have no statistics to synchronise. Choose one.')
+        self.model_name = model_name
+        plan = plan_backbone(model_name, out_indices=out_indices, output_stride=output_stride,
+                             in_channels=in_channels, drop_path_rate=drop_path_rate,
+                             model_kwargs=model_kwargs, input_size=input_size, pyramid=pyramid,
+                             pyramid_strides=pyramid_strides, pyramid_channels=pyramid_channels)
+        self.plan = plan
+        self.levels = plan.levels
+        self.frozen_stages = _check_frozen_stages(frozen_stages, self.levels, model_name)
+        self.norm_eval = bool(norm_eval)
+        # timm returns levels in level order; forward picks them in out_indices order
+        self._order = tuple(plan.timm_indices.index(i) for i in plan.out_indices)
+        self.model = create_features(model_name, plan.kwargs, plan.timm_indices,
+                                     pretrained=pretrained)
+        self.pyramid = None
+        if plan.pyramid_strides:
+            sources = [self.levels[i] for i in plan.out_indices]
+            self.pyramid = SimplePyramid([s.channels for s in sources],
+                                         [s.stride for s in sources], plan.pyramid_strides,
+                                         plan.pyramid_channels)
+        built = level_specs(self.model.feature_info.info)
+        assert built == self.levels, f'meta {self.levels} and real {built} feature_info differ'
+
+        if frozen_bn:
+            self.model = to_frozen_bn(self.model)
+        if sync_bn:
+            self.model = to_sync_bn(self.model)
+        if with_cp:
+            _enable_grad_checkpointing(self.model, model_name)
+        self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode
+        if self.frozen_stages >= 0:
+            self._freeze()
+        if pretrained:
+            print_log(f'TimmBackbone: loaded pretrained weights for {model_name} '
+                      f"({'timm hub' if pretrained is True else pretrained})", logger='current')
+
+    @property
+    def feature_specs(self) -> Tuple[FeatureSpec, ...]:
+        """Specs of the outputs of `forward`, in output order."""
+        return self.plan.specs
+
+    @property
+    def out_indices(self) -> Tuple[int, ...]:
+        """Absolute timm levels feeding the outputs, in output order."""
+        return self.plan.out_indices
+
+    @property
+    def out_channels(self) -> List[int]:
+        """Channels of each output, in output order."""
+        return [s.channels for s in self.feature_specs]
+
+    @property
+    def out_strides(self) -> List[int]:
+        """Stride of each output, in output order."""
+        return [s.stride for s in self.feature_specs]
+
+    def _freeze(self) -> None:
+        needed = range(max(self.frozen_stages, 1))
+        built = max(self.plan.timm_indices)
+        paths = [find_module(self.model, self.levels[i].module) for i in needed]
+        missing = [self.levels[i].module for i, p in zip(needed, paths) if not p and i <= built]
+        if missing:
+            raise ValueError(
+                f'frozen_stages={self.frozen_stages} is not available for {self.model_name!r}: '
+                f"timm's feature_info names module(s) {missing} that are not modules of its "
+                f'feature extractor, so the stages cannot be located. Use frozen_stages=-1 and '
+                f'freeze parameters with an optimizer paramwise_cfg (lr_mult=0) instead.')
+        params, self._frozen_paths = stage_split(self.model, paths, self.frozen_stages)
+        for p in params:
+            p.requires_grad = False
+        for m in self.frozen_modules():
+            m.eval()
+
+    def frozen_modules(self) -> List[nn.Module]:
+        """The modules of the frozen stages (looked up by path: converters may swap them)."""
+        modules = dict(self.model.named_modules())
+        return [modules[p] for p in self._frozen_paths]
+
+    def train(self, mode: bool = True) -> 'TimmBackbone':
+        """Switch mode, keeping frozen stages (and norms, with `norm_eval`) in eval mode."""
+        super().train(mode)
+        if mode:
+            for m in self.frozen_modules():
+                m.eval()
+            if self.norm_eval:
+                set_norm_eval(self.model)
+        return self
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Feature maps (NCHW) of the requested levels (or pyramid strides), in that order.
+
+        Inputs a model cannot take as they are (sides not multiples of `pad_divisor`, or a
+        fixed-size model) are zero-padded bottom/right, as mmdet pads batches, and the maps
+        of the padding are cropped off again: outputs are ceil(input / stride) in size.
+        """
+        hw = (x.shape[-2], x.shape[-1])
+        run_hw = self._run_size(hw)
+        if run_hw != hw:
+            x = F.pad(x, (0, run_hw[1] - hw[1], 0, run_hw[0] - hw[0]))
+        feats = self.model(x)
+        if self.plan.output_format == 'NHWC':
+            feats = [f.permute(0, 3, 1, 2) for f in feats]
+        outs = tuple(feats[i] for i in self._order)
+        if self.pyramid is not None:
+            return self.pyramid(outs, hw)
+        if run_hw != hw:
+            outs = tuple(o[..., :math.ceil(hw[0] / s.stride), :math.ceil(hw[1] / s.stride)]
+                         for o, s in zip(outs, self.feature_specs))
+        return outs
+
+    def _run_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The input size the timm model runs at for an input of size `hw`."""
+        fixed = self.plan.fixed_size
+        if fixed is None:
+            d = self.plan.pad_divisor
+            return (-(-hw[0] // d) * d, -(-hw[1] // d) * d)
+        if hw[0] > fixed[0] or hw[1] > fixed[1]:
+            raise ValueError(
+                f'{self.model_name!r} only runs at {fixed[0]}x{fixed[1]} (fixed position '
+                f'tables), and the input is {hw[0]}x{hw[1]}. Build it for your largest input '
+                f'with input_size=(H, W) (smaller inputs are zero-padded to it), resize images '
+                f'to fit, or pick a model that takes any size.')
+        return fixed
+
+
+def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],
+                         model_name: str) -> int:
+    n = len(levels)
+    if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or \
+            not -1 <= frozen_stages <= n:
+        raise ValueError(
+            f'frozen_stages={frozen_stages!r} out of range for {model_name!r}: use -1 (nothing), '
+            f'0 (the stem) or 1..{n} (the stem and that many levels).\n'
+            f'Levels:\n{format_specs(levels)}')
+    return frozen_stages
+
+
+def _enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
+    """timm's set_grad_checkpointing, on the wrapper or, for FeatureGetterNet, its inner model."""
+    target = model if hasattr(model, 'set_grad_checkpointing') else getattr(model, 'model', None)
+    if isinstance(model, FeatureHookNet) or not hasattr(target, 'set_grad_checkpointing'):
+        raise ValueError(
+            f'with_cp=True is not supported for {model_name!r}: its timm feature extractor '
+            f'({type(model).__name__}) has no working set_grad_checkpointing. Use with_cp=False.')
+    try:
+        target.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError) as err:
+        raise ValueError(f'with_cp=True is not supported for {model_name!r}: timm raised '
+                         f'{type(err).__name__}: {err}. Use with_cp=False.') from err
+
+
+_OPTIONS = ('model_name', 'out_indices', 'output_stride', 'in_channels', 'pretrained',
+            'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp', 'drop_path_rate',
+            'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels',
+            'init_cfg')
+
+
+def _unknown_options_message(cls_name: str, unknown: Dict[str, Any]) -> str:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, _OPTIONS, n=1)
+        parts.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return (f'{cls_name} got unknown option(s) {", ".join(parts)}. Its options: '
+            f'{", ".join(_OPTIONS)}; other timm.create_model arguments go in '
+            f'model_kwargs=dict(...).')

@@ -1,0 +1,285 @@
+"""What a TimmBackbone will be, computed without weights: timm arguments, every feature level,
+the chosen outputs and their specs. `TimmBackbone` builds from a plan, and `feature_specs(cfg)`
+reads one, so the two always agree.
+"""
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+from ._specs import FeatureSpec, format_specs
+from ._pyramid import DEFAULT_PYRAMID_STRIDES, PYRAMID_MODES, pyramid_channels
+from ._timm import probe, probe_input, supports_kwargs, timm_kwargs
+
+__all__ = ['BackbonePlan', 'plan_backbone', 'plan_from_config', 'feature_specs',
+           'timm_model_name', 'resolve_out_indices', 'level_specs', 'INPUT_SIZES']
+
+INPUT_SIZES = ('any', 'fixed')
+
+# timm arguments that let fixed-size models (ViT, Swin, ...) take any input size, tried in order:
+# the first set the model accepts is used. dynamic_img_pad pads to a patch multiple (EVA02's 14).
+_DYNAMIC_SIZE_KWARGS = (
+    dict(dynamic_img_size=True, dynamic_img_pad=True),
+    dict(dynamic_img_size=True),
+)
+_SIZE_KEYS = ('img_size', 'dynamic_img_size', 'dynamic_img_pad', 'strict_img_size')
+
+
+@dataclass(frozen=True)
+class BackbonePlan:
+    """A backbone described without weights.
+
+    Args:
+        model_name: timm architecture or tag.
+        kwargs: `timm.create_model` arguments (features_only and out_indices aside).
+        levels: One spec per timm feature level (all of `feature_info`).
+        output_format: Layout timm returns ('NCHW' or 'NHWC').
+        out_indices: Absolute levels requested, in output order (pyramid: its sources).
+        pyramid_strides: Output strides of the simple pyramid, or () without one.
+        pyramid_channels: The pyramid's channel option (see `SimplePyramid`).
+        pad_divisor: Input sides must be multiples of this (1: any size).
+        fixed_size: (H, W) of a model that only runs at one size (inputs are padded to it).
+    """
+    model_name: str
+    kwargs: Dict[str, Any]
+    levels: Tuple[FeatureSpec, ...]
+    output_format: str
+    out_indices: Tuple[int, ...]
+    pyramid_strides: Tuple[int, ...] = ()
+    pyramid_channels: Optional[int] = None
+    pad_divisor: int = 1
+    fixed_size: Optional[Tuple[int, int]] = None
+
+    @property
+    def timm_indices(self) -> Tuple[int, ...]:
+        """The levels timm must return, in level order."""
+        return tuple(sorted(set(self.out_indices)))
+
+    @property
+    def specs(self) -> Tuple[FeatureSpec, ...]:
+        """Specs of the outputs, in output order."""
+        sources = [self.levels[i] for i in self.out_indices]
+        if not self.pyramid_strides:
+            return tuple(replace(s, pad_divisor=self.pad_divisor) for s in sources)
+        channels = pyramid_channels([s.channels for s in sources], [s.stride for s in sources],
+                                    self.pyramid_strides, self.pyramid_channels)
+        return tuple(FeatureSpec(channels=c, stride=t, index=s.index,
+                                 module=f'pyramid.branches.{i}', pad_divisor=self.pad_divisor)
+                     for i, (c, t, s) in enumerate(zip(channels, self.pyramid_strides, sources)))
+
+
+def level_specs(levels: Sequence[Dict[str, Any]]) -> Tuple[FeatureSpec, ...]:
+    """One `FeatureSpec` per timm feature level (`feature_info` dicts), index = level number."""
+    return tuple(FeatureSpec(channels=int(d['num_chs']), stride=int(d['reduction']), index=i,
+                             module=str(d['module'])) for i, d in enumerate(levels))
+
+
+def resolve_out_indices(out_indices: Optional[Sequence[int]], levels: Sequence[FeatureSpec],
+                        model_name: str) -> Tuple[int, ...]:
+    """Absolute level indices, in the requested order.
+
+    Args:
+        out_indices: Level indices (negative count from the end), or None for the last four
+            levels (all, if fewer).
+        levels: Specs of every level of the model (`level_specs`).
+        model_name: For error messages.
+
+    Example:
+        >>> resolve_out_indices((-2, -1), plan_backbone('resnet18').levels, 'resnet18')
+        (3, 4)
+    """
+    n = len(levels)
+    if out_indices is None:
+        return tuple(range(max(0, n - 4), n))
+    table = f'Levels of {model_name!r}:\n{format_specs(levels)}'
+    if not isinstance(out_indices, (list, tuple)) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in out_indices):
+        raise TypeError(f'out_indices must be a list/tuple of ints, got {out_indices!r}. '
+                        f'Valid indices: {-n}..{n - 1}.\n{table}')
+    if not out_indices:
+        raise ValueError(f'out_indices must not be empty; valid indices: {-n}..{n - 1}.\n{table}')
+    bad = [i for i in out_indices if not -n <= i < n]
+    if bad:
+        raise ValueError(f'out_indices {tuple(out_indices)}: {bad} out of range; {model_name!r} '
+                         f'has {n} levels, valid indices {-n}..{n - 1}.\n{table}')
+    resolved = tuple(i % n for i in out_indices)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f'out_indices {tuple(out_indices)} name a level twice (resolved: '
+                         f'{resolved}); list each level once.\n{table}')
+    return resolved
+
+
+def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
+                 input_size: Union[str, Sequence[int]]) -> Dict[str, Any]:
+    """timm arguments for the requested input-size policy (see TimmBackbone's `input_size`)."""
+    if any(k in kwargs for k in _SIZE_KEYS):  # the user chose explicitly in model_kwargs
+        return {}
+    if isinstance(input_size, (list, tuple)):
+        if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
+            raise ValueError(f'input_size must be (height, width) in pixels, got {input_size!r}')
+        size = {'img_size': tuple(input_size)}
+        if not supports_kwargs(model_name, dict(kwargs, **size)):
+            raise ValueError(
+                f'input_size={tuple(input_size)}: {model_name!r} does not take img_size (it is '
+                f"not built for one input size); use input_size='any'.")
+        return size
+    if input_size not in INPUT_SIZES:
+        raise ValueError(f"input_size must be 'any', 'fixed' or (height, width), got "
+                         f'{input_size!r}')
+    if input_size == 'any':
+        for extra in _DYNAMIC_SIZE_KWARGS:
+            if supports_kwargs(model_name, dict(kwargs, **extra)):
+                return dict(extra)
+    return {}
+
+
+def plan_backbone(model_name: str,
+                  out_indices: Optional[Sequence[int]] = None,
+                  output_stride: Optional[int] = None,
+                  in_channels: int = 3,
+                  drop_path_rate: Optional[float] = None,
+                  model_kwargs: Optional[Dict[str, Any]] = None,
+                  input_size: Union[str, Sequence[int]] = 'any',
+                  pyramid: Optional[str] = 'auto',
+                  pyramid_strides: Sequence[int] = DEFAULT_PYRAMID_STRIDES,
+                  pyramid_channels: Optional[int] = None) -> BackbonePlan:
+    """Plan a backbone from TimmBackbone's shape-related options (meta-device builds, cached).
+
+    Args:
+        model_name: timm architecture or tag.
+        out_indices: See `TimmBackbone`.
+        output_stride: See `TimmBackbone`.
+        in_channels: See `TimmBackbone`.
+        drop_path_rate: See `TimmBackbone`.
+        model_kwargs: See `TimmBackbone`.
+        input_size: See `TimmBackbone`.
+        pyramid: See `TimmBackbone`.
+        pyramid_strides: See `TimmBackbone`.
+        pyramid_channels: See `TimmBackbone`.
+
+    Example:
+        >>> plan_backbone('convnext_atto', out_indices=(1, 2, 3)).specs[0].stride
+        8
+    """
+    kwargs = timm_kwargs(in_channels=in_channels, output_stride=output_stride,
+                         drop_path_rate=drop_path_rate, model_kwargs=model_kwargs)
+    found = probe(model_name, kwargs)  # checks the name and the arguments first
+    size_kwargs = _size_kwargs(model_name, kwargs, input_size)
+    if size_kwargs:
+        kwargs.update(size_kwargs)
+        found = probe(model_name, kwargs)
+    levels = level_specs(found.levels)
+    rule = probe_input(model_name, kwargs)
+    indices, strides = _plan_pyramid(model_name, levels, out_indices, pyramid, pyramid_strides,
+                                     pyramid_channels)
+    return BackbonePlan(model_name=model_name, kwargs=kwargs, levels=levels,
+                        output_format=found.output_format, out_indices=indices,
+                        pyramid_strides=strides, pyramid_channels=pyramid_channels,
+                        pad_divisor=rule.pad_divisor, fixed_size=rule.fixed_size)
+
+
+def _plan_pyramid(model_name: str, levels: Tuple[FeatureSpec, ...],
+                  out_indices: Optional[Sequence[int]], pyramid: Optional[str],
+                  strides: Sequence[int], channels: Optional[int]
+                  ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(source levels in output order, pyramid strides or ()) for the pyramid options."""
+    if pyramid is False:
+        pyramid = None
+    if pyramid not in PYRAMID_MODES:
+        raise ValueError(f"pyramid must be 'auto', 'simple' or None, got {pyramid!r}")
+    indices = resolve_out_indices(out_indices, levels, model_name)
+    same_stride = len({s.stride for s in levels}) == 1
+    wanted = pyramid == 'simple' or (
+        pyramid == 'auto' and same_stride and (out_indices is None or len(indices) > 1))
+    if not wanted:
+        return indices, ()
+    if not same_stride:
+        raise ValueError(
+            f"pyramid='simple' needs a plain model whose levels share one stride; "
+            f"{model_name!r} is hierarchical (strides {sorted({s.stride for s in levels})}). "
+            f"Use pyramid=None: its levels already form a pyramid.")
+    strides = tuple(strides)
+    if not strides or not all(isinstance(t, int) and t > 0 for t in strides) or \
+            list(strides) != sorted(set(strides)):
+        raise ValueError(f'pyramid_strides must be increasing positive ints, got {strides!r}')
+    if channels is not None and (not isinstance(channels, int) or channels < 1):
+        raise ValueError(f'pyramid_channels must be None or a positive int, got {channels!r}')
+    if out_indices is None or len(indices) == 1:  # ViTDet: the last level feeds every stride
+        return (indices[-1],) * len(strides), strides
+    if len(indices) > len(strides):
+        raise ValueError(
+            f'pyramid: {len(indices)} source levels (out_indices={tuple(out_indices)}) for '
+            f'{len(strides)} pyramid_strides {strides}; give one level (it feeds every stride) '
+            f'or at most one level per stride.')
+    return indices, strides[len(strides) - len(indices):]  # n levels: the n deepest strides
+
+
+# TimmBackbone options that change its outputs, and those that do not (weights, training).
+_SHAPE_OPTIONS = ('out_indices', 'output_stride', 'in_channels', 'drop_path_rate',
+                  'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels')
+_OTHER_OPTIONS = ('pretrained', 'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp',
+                  'init_cfg')
+
+
+def timm_model_name(cfg: Any) -> Optional[str]:
+    """The timm model a backbone config builds, or None if it is not a TimmBackbone config.
+
+    Args:
+        cfg: A config dict (`dict(type='TimmBackbone', model_name=...)` or
+            `dict(type='timm.<arch>', ...)`).
+
+    Example:
+        >>> timm_model_name(dict(type='timm.resnet50'))
+        'resnet50'
+    """
+    if not hasattr(cfg, 'get'):
+        return None
+    kind = cfg.get('type')
+    if isinstance(kind, type):
+        kind = kind.__name__
+    if not isinstance(kind, str):
+        return None
+    if kind.split('.')[-1] == 'TimmBackbone':
+        if 'model_name' not in cfg:
+            raise ValueError(f"a TimmBackbone config needs model_name, got {dict(cfg)}")
+        return cfg['model_name']
+    if kind.startswith('timm.'):
+        return kind[len('timm.'):]
+    return None
+
+
+def plan_from_config(cfg: Any) -> BackbonePlan:
+    """The plan of a TimmBackbone config (see `timm_model_name` for the accepted forms)."""
+    model_name = timm_model_name(cfg)
+    if model_name is None:
+        raise ValueError(f"not a timm backbone config (type must be 'TimmBackbone' or "
+                         f"'timm.<arch>'): {cfg!r}")
+    options = {k: v for k, v in cfg.items() if k not in ('type', 'model_name')}
+    unknown = [k for k in options if k not in _SHAPE_OPTIONS + _OTHER_OPTIONS]
+    if unknown:
+        raise TypeError(f'TimmBackbone got unknown option(s) {unknown}; options: '
+                        f'{", ".join(_SHAPE_OPTIONS + _OTHER_OPTIONS)}.')
+    shape = {k: _plain(v) for k, v in options.items() if k in _SHAPE_OPTIONS}
+    return plan_backbone(model_name, **shape)
+
+
+def feature_specs(cfg: Any) -> Tuple[FeatureSpec, ...]:
+    """Per-output specs (channels, stride, level index, module) of a timm backbone config,
+    computed without allocating weights (meta-device builds, cached). Equal to the built
+    backbone's `feature_specs`.
+
+    Args:
+        cfg: `dict(type='TimmBackbone', model_name=..., ...)` or `dict(type='timm.<arch>', ...)`.
+
+    Example:
+        >>> [s.channels for s in feature_specs(dict(type='timm.resnet18'))]
+        [64, 128, 256, 512]
+    """
+    return plan_from_config(cfg).specs
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / lists from configs to plain dicts / tuples."""
+    if hasattr(value, 'to_dict'):
+        return value.to_dict()
+    if isinstance(value, list):
+        return tuple(value)
+    return value
