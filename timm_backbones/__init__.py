@@ -7,8 +7,9 @@ from ._backbone import TimmBackbone
 from ._plan import feature_specs
 from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
+from ._resolve import has_timm_backbone, resolve_config
 from ._specs import FeatureSpec
 from .version import __version__
 
-__all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'SimplePyramid', 'TIMM_MODELS',
-           '__version__']
+__all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'resolve_config', 'has_timm_backbone',
+           'SimplePyramid', 'TIMM_MODELS', '__version__']

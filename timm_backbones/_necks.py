@@ -1,0 +1,383 @@
+"""The neck table: for every mmdet 3.3 neck `resolve_config` can wire, which input fields follow
+from the levels that feed it (and in which convention: list or one int, which order), and which
+levels it outputs (channels, strides), so necks can be chained and head strides filled.
+
+Each entry reads the neck's own config the way the neck's `__init__`/`forward` do (start_level,
+end_level, num_outs, add_extra_convs, ...), and checks what the neck needs of its inputs (e.g.
+strides that double level to level for necks that upsample by 2 and concatenate) so a bad pairing
+fails here, with the levels listed, instead of with a shape error at the first forward.
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ['Level', 'NeckRule', 'NECKS', 'format_levels', 'supported_necks', 'type_name']
+
+
+@dataclass(frozen=True)
+class Level:
+    """One feature map flowing from a backbone or neck to what follows it.
+
+    Args:
+        channels: Channels of the map.
+        stride: Reduction relative to the input image; None where it depends on the input size
+            (e.g. SSD's extra levels made by unpadded convolutions).
+        extra: True for levels a neck adds on top of its inputs (pooled or strided-conv levels
+            such as FPN's P6/P7); RoI extractors use the levels before these.
+
+    Example:
+        >>> Level(channels=256, stride=64, extra=True).stride
+        64
+    """
+    channels: int
+    stride: Optional[int]
+    extra: bool = False
+
+
+Levels = Tuple[Level, ...]
+
+
+@dataclass(frozen=True)
+class NeckRule:
+    """How one neck type is wired.
+
+    Args:
+        inputs: `(neck_cfg, levels, where) -> {field: value}`: the value each input field must
+            have when the neck is fed `levels` (`where` names the neck in error messages).
+        outputs: `(neck_cfg, levels, where) -> levels`: what the neck returns, in order.
+        follows: Fields that are derived copies of another field (`{field: source}`): they are
+            refilled whenever the source is `'auto'` or missing (SSDNeck's `out_channels` repeats
+            its `in_channels` before its own extra levels).
+
+    Example:
+        >>> fpn = dict(type='FPN', out_channels=256, num_outs=5)
+        >>> levels = (Level(64, 8), Level(128, 16), Level(256, 32))
+        >>> NECKS['FPN'].inputs(fpn, levels, 'model.neck')
+        {'in_channels': [64, 128, 256]}
+        >>> [lv.stride for lv in NECKS['FPN'].outputs(fpn, levels, 'model.neck')]
+        [8, 16, 32, 64, 128]
+    """
+    inputs: Callable[[Mapping, Levels, str], Dict[str, Any]]
+    outputs: Callable[[Mapping, Levels, str], Levels]
+    follows: Mapping[str, str] = field(default_factory=dict)
+
+
+def format_levels(levels: Sequence[Level]) -> str:
+    """One line per level, for error messages: `index: channels=..., stride=...`.
+
+    Example:
+        >>> print(format_levels([Level(256, 8), Level(256, 16, extra=True)]))
+          0: channels=256, stride=8
+          1: channels=256, stride=16 (extra level)
+    """
+    return '\n'.join(f'  {i}: channels={lv.channels}, stride={lv.stride}'
+                     + (' (extra level)' if lv.extra else '') for i, lv in enumerate(levels))
+
+
+def supported_necks() -> Tuple[str, ...]:
+    """Neck types `resolve_config` can fill, sorted.
+
+    Example:
+        >>> 'FPN' in supported_necks()
+        True
+    """
+    return tuple(sorted(NECKS))
+
+
+def type_name(cfg: Mapping) -> Optional[str]:
+    """The registry name of a config's `type` without its scope (`'mmdet.FPN'` -> `'FPN'`);
+    the class name if `type` is a class; None if there is no type.
+
+    Example:
+        >>> type_name(dict(type='mmdet.FPN'))
+        'FPN'
+    """
+    kind = cfg.get('type')
+    if isinstance(kind, type):
+        return kind.__name__
+    return kind.split('.')[-1] if isinstance(kind, str) else None
+
+
+def _fail(where: str, message: str, levels: Sequence[Level]) -> ValueError:
+    return ValueError(f'{where}: {message}\nLevels feeding it:\n{format_levels(levels)}')
+
+
+_REQUIRED = object()
+
+
+def _int_option(cfg: Mapping, key: str, default: Any, where: str) -> int:
+    value = cfg.get(key, default)
+    if value is _REQUIRED:
+        raise ValueError(f'{where}.{key} is required (an int) to wire {type_name(cfg)!r}.')
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f'{where}.{key} must be an int, got {value!r}.')
+    return value
+
+
+def _int_list_option(cfg: Mapping, key: str, count: int, where: str,
+                     levels: Sequence[Level]) -> List[int]:
+    value = cfg.get(key)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
+        raise ValueError(f'{where}.{key} must be a list of ints (one per level), got {value!r}.')
+    if len(value) != count:
+        raise _fail(where, f'{key}={list(value)} has {len(value)} entries but the neck gets '
+                           f'{count} levels: give one per level, or choose {count} backbone '
+                           f'levels (out_indices) to match.', levels)
+    return list(value)
+
+
+def _channels(levels: Sequence[Level]) -> List[int]:
+    return [lv.channels for lv in levels]
+
+
+def _uniform_channels(levels: Sequence[Level], where: str, kind: str) -> int:
+    channels = set(_channels(levels))
+    if len(channels) != 1:
+        raise _fail(where, f'{kind} takes one in_channels for all its inputs, but the levels '
+                           f'feeding it have channels {_channels(levels)}. Put a neck that maps '
+                           f'every level to the same width in front of it, e.g. '
+                           f"neck=[dict(type='FPN', in_channels='auto', out_channels=256, "
+                           f'num_outs=5), dict(type={kind!r}, ...)].', levels)
+    return channels.pop()
+
+
+def _check_doubling(levels: Sequence[Level], where: str, kind: str, why: str,
+                    all_levels: Sequence[Level]) -> None:
+    """Each level must have twice the stride of the one before (unknown strides are skipped)."""
+    for a, b in zip(levels, levels[1:]):
+        if a.stride is not None and b.stride is not None and b.stride != 2 * a.stride:
+            raise _fail(where, f'{kind} {why}, so each level it uses must have twice the '
+                               f'stride of the previous one; got strides '
+                               f'{[lv.stride for lv in levels]}. Choose backbone levels '
+                               f'(out_indices) whose strides double, or use a neck that resizes '
+                               f'to size (FPN, ChannelMapper).', all_levels)
+
+
+def _doubled(stride: Optional[int], times: int = 1) -> Optional[int]:
+    return None if stride is None else stride * 2 ** times
+
+
+def _extras(last_stride: Optional[int], channels: int, count: int) -> List[Level]:
+    """`count` levels each halving the previous map (stride-2 conv or pooling)."""
+    return [Level(channels, _doubled(last_stride, i + 1), extra=True) for i in range(count)]
+
+
+def _list_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    return {'in_channels': _channels(levels)}
+
+
+def _used_range(cfg: Mapping, levels: Levels, where: str,
+                default_start: int = 0) -> Tuple[int, int, int]:
+    """(start, stop, num_outs) the way FPN-style necks read start_level/end_level/num_outs."""
+    n = len(levels)
+    kind = type_name(cfg)
+    start = _int_option(cfg, 'start_level', default_start, where)
+    end = _int_option(cfg, 'end_level', -1, where)
+    num_outs = _int_option(cfg, 'num_outs', _REQUIRED, where)
+    if not 0 <= start < n:
+        raise _fail(where, f'start_level={start} but only {n} levels feed {kind!r}: use '
+                           f'0..{n - 1}.', levels)
+    if end in (-1, n - 1):
+        stop = n
+        if num_outs < n - start:
+            raise _fail(where, f'num_outs={num_outs} is fewer than the {n - start} levels used '
+                               f'from start_level={start}: use num_outs >= {n - start}.', levels)
+    else:
+        if not start <= end < n:
+            raise _fail(where, f'end_level={end} must be -1 or in {start}..{n - 1}.', levels)
+        stop = end + 1
+        if num_outs != stop - start:
+            raise _fail(where, f'num_outs={num_outs} must be {stop - start} '
+                               f'(end_level - start_level + 1) when end_level is set.', levels)
+    return start, stop, num_outs
+
+
+def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
+                 ) -> Callable[[Mapping, Levels, str], Levels]:
+    """Outputs of FPN-style necks: levels start..end (inclusive) at out_channels, then
+    `num_outs - used` extra levels, each halving the previous one."""
+    def outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+        start, stop, num_outs = _used_range(cfg, levels, where, default_start)
+        used = levels[start:stop]
+        why = doubling
+        if why is None and 'scale_factor' in (cfg.get('upsample_cfg') or {}):
+            why = 'upsamples by a fixed scale_factor and adds'
+        if why:
+            _check_doubling(used, where, type_name(cfg), why, levels)
+        out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+        return tuple([Level(out_channels, lv.stride) for lv in used]
+                     + _extras(used[-1].stride, out_channels, num_outs - len(used)))
+    return outputs
+
+
+def _nasfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    outs = _fpn_outputs()(cfg, levels, where)
+    if len(outs) != 5:
+        raise _fail(where, f'NASFPN always returns 5 levels (P3-P7), so num_outs must be 5, got '
+                           f'{len(outs)}.', levels)
+    return outs
+
+
+def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    # forward: three adapted levels feed fixed cells; outputs are resized to inputs[1..3]
+    start, stop, num_outs = _used_range(cfg, levels, where, default_start=1)
+    if stop - start != 3 or len(levels) < 4:
+        raise _fail(where, f'NASFCOS_FPN wires exactly three levels (start_level..end_level) and '
+                           f'sizes its outputs like inputs 1, 2 and 3, so it needs at least four '
+                           f'input levels and three used ones; got {len(levels)} levels, '
+                           f'start_level={start}, {stop - start} used.', levels)
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    sized_like = levels[1:4]
+    return tuple([Level(out_channels, lv.stride) for lv in sized_like]
+                 + _extras(sized_like[-1].stride, out_channels, num_outs - 3))
+
+
+def _channel_mapper_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    num_outs = len(levels) if cfg.get('num_outs') is None else \
+        _int_option(cfg, 'num_outs', _REQUIRED, where)
+    return tuple([Level(out_channels, lv.stride) for lv in levels]
+                 + _extras(levels[-1].stride, out_channels, max(0, num_outs - len(levels))))
+
+
+def _hrfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    # forward: input i is upsampled by 2**i to level 0, fused, then pooled by 2**i per output
+    _check_doubling(levels, where, 'HRFPN', 'upsamples input i by 2**i onto input 0', levels)
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    num_outs = _int_option(cfg, 'num_outs', 5, where)
+    conv_stride = _int_option(cfg, 'stride', 1, where)
+    base = None if levels[0].stride is None else levels[0].stride * conv_stride
+    return tuple(Level(out_channels, _doubled(base, i), extra=i >= len(levels))
+                 for i in range(num_outs))
+
+
+def _bfp_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    channels = _uniform_channels(levels, where, 'BFP')
+    refine_level = _int_option(cfg, 'refine_level', 2, where)
+    if not 0 <= refine_level < len(levels):
+        raise _fail(where, f'refine_level={refine_level} must be in 0..{len(levels) - 1} '
+                           f'(one of the {len(levels)} levels feeding BFP).', levels)
+    return {'in_channels': channels, 'num_levels': len(levels)}
+
+
+def _same_levels(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    return tuple(levels)
+
+
+def _csp_pafpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    _check_doubling(levels, where, type_name(cfg), 'upsamples by 2 and concatenates', levels)
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    return tuple(Level(out_channels, lv.stride) for lv in levels)
+
+
+def _yolov3_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    # forward starts from feats[-1] with in_channels[0]: deepest level first
+    return {'num_scales': len(levels), 'in_channels': _channels(levels)[::-1]}
+
+
+def _yolov3_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    _check_doubling(levels, where, 'YOLOV3Neck', 'upsamples by 2 and concatenates', levels)
+    out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
+    return tuple(Level(c, lv.stride) for c, lv in zip(out_channels, levels[::-1]))
+
+
+def _ssd_extra_count(cfg: Mapping, where: str) -> int:
+    strides, paddings = cfg.get('level_strides'), cfg.get('level_paddings')
+    if not isinstance(strides, (list, tuple)) or not isinstance(paddings, (list, tuple)) or \
+            len(strides) != len(paddings):
+        raise ValueError(f'{where}.level_strides and level_paddings must be lists of the same '
+                         f'length (one per extra level), got {strides!r} and {paddings!r}.')
+    return len(strides)
+
+
+def _ssd_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    fields: Dict[str, Any] = {'in_channels': _channels(levels)}
+    out_channels = cfg.get('out_channels')
+    if isinstance(out_channels, (list, tuple)):
+        # out_channels = the input channels, then one entry per extra level (the last ones)
+        count = _ssd_extra_count(cfg, where)
+        if len(out_channels) < count:
+            raise ValueError(f'{where}.out_channels={list(out_channels)} needs at least one entry '
+                             f'per extra level ({count}, from level_strides).')
+        fields['out_channels'] = _channels(levels) + list(out_channels[len(out_channels) - count:])
+    return fields
+
+
+def _ssd_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    # Extra levels end at a few pixels, where a strided conv's ceil / an unpadded conv's border
+    # makes input_size / map_size differ from any nominal stride: SSD configs write the measured
+    # ratio (e.g. 107, 160, 320 at 320 px), so these strides are left to the config.
+    count = _ssd_extra_count(cfg, where)
+    out_channels = list(cfg.get('out_channels'))
+    return tuple(list(levels) + [Level(c, None, extra=True)
+                                 for c in out_channels[len(out_channels) - count:]])
+
+
+def _last_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    return {'in_channels': levels[-1].channels}
+
+
+def _dilated_encoder_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    # forward uses feature[-1] only
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    return (Level(out_channels, levels[-1].stride),)
+
+
+def _ct_resnet_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    # forward: x[-1] through (conv, deconv stride 2) per entry of num_deconv_filters
+    filters = cfg.get('num_deconv_filters')
+    if not isinstance(filters, (list, tuple)) or not filters:
+        raise ValueError(f'{where}.num_deconv_filters must be a non-empty list of ints, got '
+                         f'{filters!r}.')
+    stride, times = levels[-1].stride, len(filters)
+    exact = stride is not None and stride % 2 ** times == 0
+    return (Level(int(filters[-1]), stride // 2 ** times if exact else None),)
+
+
+def _ssh_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    return {'num_scales': len(levels), 'in_channels': _channels(levels)}
+
+
+def _ssh_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
+    return tuple(Level(c, lv.stride) for c, lv in zip(out_channels, levels))
+
+
+def _dyhead_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+    return {'in_channels': _uniform_channels(levels, where, 'DyHead')}
+
+
+def _dyhead_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    _check_doubling(levels, where, 'DyHead', 'fuses each level with a stride-2 conv of the '
+                    'level before', levels)
+    out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
+    return tuple(Level(out_channels, lv.stride, lv.extra) for lv in levels)
+
+
+_FPN = NeckRule(_list_input, _fpn_outputs())
+
+NECKS: Dict[str, NeckRule] = {
+    # in_channels: one per input level, in order; all inputs are passed (len is asserted).
+    'FPN': _FPN,
+    'FPN_DropBlock': _FPN,
+    'PAFPN': NeckRule(_list_input, _fpn_outputs('adds a stride-2 bottom-up path')),
+    'FPN_CARAFE': NeckRule(_list_input, _fpn_outputs('upsamples by 2 and adds')),
+    'FPG': NeckRule(_list_input, _fpn_outputs('sums neighbouring levels made by stride-2 convs')),
+    'NASFPN': NeckRule(_list_input, _nasfpn_outputs),
+    'NASFCOS_FPN': NeckRule(_list_input, _nasfcos_outputs),
+    'HRFPN': NeckRule(_list_input, _hrfpn_outputs),
+    # ChannelMapper (DETR family): one conv per input, extra stride-2 convs up to num_outs
+    'ChannelMapper': NeckRule(_list_input, _channel_mapper_outputs),
+    'YOLOXPAFPN': NeckRule(_list_input, _csp_pafpn_outputs),
+    'CSPNeXtPAFPN': NeckRule(_list_input, _csp_pafpn_outputs),
+    # SSDNeck: out_channels repeats in_channels, then one entry per extra level
+    'SSDNeck': NeckRule(_ssd_inputs, _ssd_outputs, follows={'out_channels': 'in_channels'}),
+    # one int, and the level count, for inputs that must share one width
+    'BFP': NeckRule(_bfp_inputs, _same_levels),
+    'DyHead': NeckRule(_dyhead_inputs, _dyhead_outputs),
+    # deepest level first; outputs deepest first too
+    'YOLOV3Neck': NeckRule(_yolov3_inputs, _yolov3_outputs),
+    'SSH': NeckRule(_ssh_inputs, _ssh_outputs),
+    # one int: the last input level only
+    'DilatedEncoder': NeckRule(_last_input, _dilated_encoder_outputs),
+    'CTResNetNeck': NeckRule(_last_input, _ct_resnet_outputs),
+}

@@ -1,0 +1,480 @@
+"""`resolve_config`: fills the `'auto'` channel and stride fields of detector configs from the timm
+backbone that feeds them, and rejects explicit values that disagree with it.
+
+The backbone's levels come from `feature_specs` (meta-device builds, no weights); each neck in the
+chain maps them to its outputs through the table in `_necks.py`; heads, RoI extractors and
+DETR-style attention then read the levels they are fed. A value written out that does not match
+(typically inherited from a `_base_` config written for ResNet) fails here, naming the field, the
+given and the correct value, and the fix (`'auto'`), never as a shape error at the first forward.
+"""
+import copy
+import inspect
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+from ._necks import NECKS, Level, format_levels, supported_necks, type_name
+from ._plan import feature_specs, timm_model_name
+from ._specs import FeatureSpec, format_specs
+
+__all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
+
+AUTO = 'auto'
+_MISSING = object()
+
+# Neck fields that may hold 'auto'; which of them a neck fills is its `_necks.NECKS` entry.
+_NECK_FIELDS = ('in_channels', 'num_levels', 'num_scales', 'out_channels')
+# Detector keys of heads fed by the last neck's outputs (all of them).
+_DENSE_HEADS = ('rpn_head', 'bbox_head', 'mask_head', 'panoptic_head')
+# Head classes (or their subclasses) whose in_channels has one entry per level; the others take
+# one int shared by all levels.
+_LIST_IN_CHANNELS = ('MaskFormerHead', 'SSDHead', 'YOLOV3Head')
+# Head arguments that are the strides of the levels the head is fed, by head (base) class.
+_HEAD_STRIDES = (('AnchorFreeHead', 'strides'), ('YOLOXHead', 'strides'),
+                 ('RepPointsHead', 'point_strides'), ('YOLOV3Head', 'featmap_strides'))
+# Prior generators inside heads (any depth: CascadeRPNHead nests them in its stages).
+_GENERATORS = ('prior_generator', 'anchor_generator', 'approx_anchor_generator',
+               'square_anchor_generator')
+# RoI extractors fed the first len(featmap_strides) levels (`x[:extractor.num_inputs]`).
+_ROI_EXTRACTORS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extractor')
+# Multi-scale deformable attention of DETR-style detectors: one level per neck output.
+_ATTENTION_LEVELS = (('encoder', 'layer_cfg', 'self_attn_cfg'),
+                     ('decoder', 'layer_cfg', 'cross_attn_cfg'))
+
+_CfgT = TypeVar('_CfgT', Config, dict)
+
+
+@dataclass(frozen=True)
+class _Feed:
+    """The levels reaching a point of the model, and how to describe them in messages."""
+    levels: Optional[Tuple[Level, ...]]  # None: not known (see `why`)
+    source: str
+    listing: str = ''
+    why: str = ''
+
+
+def resolve_config(cfg: _CfgT) -> _CfgT:
+    """A copy of `cfg` with every `'auto'` channel/stride field filled from its timm backbone.
+
+    Every detector in the config (`model`, and models nested in it such as `model.detector`) whose
+    `backbone` is a timm backbone is resolved: neck input fields (a missing one counts as
+    `'auto'`; see `_necks.NECKS` for the supported necks), dense heads' `in_channels` and strides
+    (anchor/prior generators, FCOS-style `strides`), RoI extractors' `featmap_strides` and
+    `out_channels`, and the `num_levels` of DETR-style multi-scale attention. Explicit values are
+    checked against the backbone. Resolving a resolved config changes nothing.
+
+    Args:
+        cfg: An mmengine `Config` or a config dict (the whole config, or a model dict). It is not
+            modified.
+
+    Returns:
+        A new `Config` (or dict) with the fields filled.
+
+    Raises:
+        ValueError: An explicit value disagrees with the backbone (the message names the field,
+            both values and the fix), or `'auto'` cannot be filled (unknown neck type, non-timm
+            backbone, a size-dependent stride).
+
+    Example:
+        >>> cfg = resolve_config(dict(model=dict(
+        ...     type='RetinaNet', backbone=dict(type='timm.resnet18', out_indices=(2, 3, 4)),
+        ...     neck=dict(type='FPN', in_channels='auto', out_channels=256, num_outs=5))))
+        >>> cfg['model']['neck']['in_channels']
+        [128, 256, 512]
+    """
+    if not isinstance(cfg, (Config, Mapping)):
+        raise TypeError(f'resolve_config takes an mmengine Config or a dict, got '
+                        f'{type(cfg).__name__}')
+    out = copy.deepcopy(cfg)
+    for path, detector in _detectors(out, ''):
+        _resolve_detector(detector, path)
+    return out
+
+
+def has_timm_backbone(cfg: Union[Config, Mapping]) -> bool:
+    """Whether any model in the config (at any nesting, e.g. `model.detector`) has a timm backbone.
+
+    Args:
+        cfg: An mmengine `Config` or a config dict.
+
+    Example:
+        >>> has_timm_backbone(dict(model=dict(backbone=dict(type='timm.resnet18'))))
+        True
+    """
+    return any(timm_model_name(d['backbone']) is not None for _, d in _detectors(cfg, ''))
+
+
+def _items(node: Any) -> List[Tuple[Any, Any]]:
+    if isinstance(node, Config) or isinstance(node, Mapping):
+        return list(node.items())
+    if isinstance(node, (list, tuple)):
+        return list(enumerate(node))
+    return []
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f'{path}[{key}]'
+    return f'{path}.{key}' if path else str(key)
+
+
+def _detectors(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
+    """Every mapping with a `backbone` config (the model, and detectors nested in wrappers)."""
+    if isinstance(node, Mapping) and isinstance(node.get('backbone'), Mapping):
+        yield path or 'model', node
+    for key, child in _items(node):
+        if key != 'backbone':
+            yield from _detectors(child, _join(path, key))
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value == AUTO
+
+
+def _plain(value: Any) -> Any:
+    """Lists/tuples to tuples (recursively), for comparisons."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def _show(value: Any) -> Any:
+    """Values for messages: tuples and ConfigLists as lists."""
+    return [_show(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def _set(cfg: Mapping, key: str, value: Any, where: str) -> None:
+    cfg[key] = value  # type: ignore[index]
+    print_log(f'resolve_config: {where}.{key} = {value!r}', logger='current', level=logging.DEBUG)
+
+
+def _cannot_fill(where: str, key: str, feed: _Feed) -> ValueError:
+    return ValueError(f"{where}.{key}='auto' cannot be filled: {feed.why}")
+
+
+def _mismatch(where: str, key: str, given: Any, expected: Any, feed: _Feed,
+              what: str = 'does not match the levels fed to it') -> ValueError:
+    return ValueError(
+        f'{where}.{key}={_show(given)!r} {what}: it must be {_show(expected)!r}, from '
+        f"{feed.source}. Fix: set {key}='auto' to fill it from the backbone (or write "
+        f'{_show(expected)!r}). Explicit values are often inherited from a _base_ config written '
+        f'for another backbone; with config inheritance, override them with '
+        f"{key}='auto'.\n{feed.source}:\n{feed.listing}")
+
+
+def _resolve_detector(det: Mapping, path: str) -> None:
+    backbone = det['backbone']
+    name = timm_model_name(backbone)
+    if name is None:
+        kind = type_name(backbone)
+        feed = _Feed(None, f'{path}.backbone', why=(
+            f"{path}.backbone (type={kind!r}) is not a timm backbone, so its levels are not "
+            f"known here; 'auto' needs type='TimmBackbone' or type='timm.<arch>'. Write the "
+            f'value explicitly for {kind!r}.'))
+    else:
+        specs = feature_specs(backbone)
+        options = ', '.join(f'{k}={backbone[k]!r}' for k in
+                            ('out_indices', 'output_stride') if backbone.get(k) is not None)
+        feed = _Feed(tuple(Level(s.channels, s.stride) for s in specs),
+                     f"the timm backbone {name!r}{f' ({options})' if options else ''} at "
+                     f'{path}.backbone', listing=format_specs(specs))
+    if name is not None:
+        _resolve_pad_divisor(det, specs, path)
+    neck = det.get('neck')
+    if isinstance(neck, (list, tuple)):
+        for i, one in enumerate(neck):
+            feed = _resolve_neck(one, feed, f'{path}.neck[{i}]')
+    elif isinstance(neck, Mapping):
+        feed = _resolve_neck(neck, feed, f'{path}.neck')
+    for key in _DENSE_HEADS:
+        if isinstance(det.get(key), Mapping):
+            _resolve_head(det[key], feed, f'{path}.{key}')
+    if isinstance(det.get('roi_head'), Mapping):
+        _resolve_roi_head(det['roi_head'], feed, f'{path}.roi_head')
+    _resolve_attention_levels(det, feed, path)
+
+
+def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) -> None:
+    """`data_preprocessor.pad_size_divisor`: 'auto' -> lcm(backbone input divisor, deepest
+    stride); an explicit value must be a multiple of the divisor the backbone needs."""
+    pre = det.get('data_preprocessor')
+    if not isinstance(pre, Mapping) or 'pad_size_divisor' not in pre:
+        return
+    need = specs[0].pad_divisor
+    deepest = max(s.stride for s in specs)
+    value = pre['pad_size_divisor']
+    where = f'{path}.data_preprocessor'
+    if _is_auto(value):
+        _set(pre, 'pad_size_divisor', math.lcm(need, deepest), where)
+    elif not isinstance(value, int) or value < 1 or value % need:
+        raise ValueError(
+            f'{where}.pad_size_divisor={value!r}: the timm backbone at {path}.backbone needs '
+            f'input sides that are multiples of {need} (window attention, patch size). Fix: '
+            f"pad_size_divisor='auto' (gives {math.lcm(need, deepest)}) or a multiple of {need}.")
+
+
+def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
+    kind = type_name(cfg)
+    rule = NECKS.get(kind)
+    autos = [k for k in _NECK_FIELDS if _is_auto(cfg.get(k))]
+    if rule is None:
+        if autos:
+            raise ValueError(
+                f"{where}.{autos[0]}='auto': neck type {kind!r} is not one resolve_config can "
+                f"wire. Supported necks: {', '.join(supported_necks())}. Write "
+                f'{autos[0]} explicitly for {kind!r}.')
+        return _Feed(None, where, why=f'{where} (type={kind!r}) is not a neck resolve_config '
+                                      f"knows, so its outputs are not known; supported necks: "
+                                      f"{', '.join(supported_necks())}.")
+    if feed.levels is None:
+        if autos:
+            raise _cannot_fill(where, autos[0], feed)
+        return _Feed(None, where, why=feed.why)
+    expected = rule.inputs(cfg, feed.levels, where)
+    filled = {k for k in expected if cfg.get(k, _MISSING) is _MISSING or _is_auto(cfg.get(k))}
+    filled |= {k for k, source in rule.follows.items() if source in filled and k in expected}
+    for key, value in expected.items():
+        if key in filled:
+            _set(cfg, key, value, where)
+        elif _plain(cfg[key]) != _plain(value):
+            raise _mismatch(where, key, cfg[key], value, feed)
+    left = [k for k in _NECK_FIELDS if _is_auto(cfg.get(k))]
+    if left:
+        raise ValueError(f"{where}.{left[0]}='auto': {kind} chooses {left[0]} itself (it does "
+                         f'not follow from the backbone); write a value.')
+    outputs = rule.outputs(cfg, feed.levels, where)
+    return _Feed(outputs, f'{where} ({kind})', listing=format_levels(outputs))
+
+
+def _model_class(cfg: Mapping) -> Optional[type]:
+    """The class a config builds, looked up in mmdet's registry (None if unknown)."""
+    kind = cfg.get('type')
+    if isinstance(kind, type):
+        return kind
+    if not isinstance(kind, str):
+        return None
+    from mmdet.registry import MODELS
+    try:
+        found = MODELS.get(kind)
+    except KeyError:
+        return None
+    return found if isinstance(found, type) else None
+
+
+def _class_names(cfg: Mapping) -> Tuple[Optional[type], Tuple[str, ...]]:
+    """The config's class and the names of it and its bases (just the type name if unknown)."""
+    cls = _model_class(cfg)
+    if cls is None:
+        return None, (type_name(cfg) or '',)
+    return cls, tuple(c.__name__ for c in cls.__mro__)
+
+
+def _takes(cls: Optional[type], arg: str) -> bool:
+    """Whether `cls` or a base class names `arg` in `__init__` (FCOSHead passes `strides` on to
+    AnchorFreeHead through **kwargs), so a missing value falls to a default worth checking."""
+    for klass in (cls.__mro__ if cls is not None else ()):
+        if '__init__' not in vars(klass):
+            continue
+        try:
+            if arg in inspect.signature(klass.__init__).parameters:
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
+def _resolve_head(head: Mapping, feed: _Feed, where: str) -> None:
+    cls, names = _class_names(head)
+    if 'in_channels' in head:
+        _head_in_channels(head, feed, where, per_level=bool(set(names) & set(_LIST_IN_CHANNELS)))
+    for base, key in _HEAD_STRIDES:
+        if base in names:
+            _stride_field(head, key, feed, where, fill_missing=_takes(cls, key))
+    for gen_where, gen in _generators(head, where):
+        _stride_field(gen, 'strides', feed, gen_where, fill_missing=True)
+    decoder = head.get('pixel_decoder')
+    if isinstance(decoder, Mapping):
+        _resolve_pixel_decoder(decoder, feed, f'{where}.pixel_decoder')
+
+
+def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -> None:
+    given = head['in_channels']
+    if feed.levels is None:
+        if _is_auto(given):
+            raise _cannot_fill(where, 'in_channels', feed)
+        return
+    channels = [lv.channels for lv in feed.levels]
+    if per_level:
+        expected: Any = channels
+    elif len(set(channels)) == 1:
+        expected = channels[0]
+    elif _is_auto(given):
+        raise ValueError(
+            f"{where}.in_channels='auto': {type_name(head)} takes one in_channels for all levels, "
+            f'but the levels fed to it have channels {channels}. Add a neck that maps them to one '
+            f"width (e.g. neck=dict(type='FPN', in_channels='auto', out_channels=256, "
+            f'num_outs=5)).\n{feed.source}:\n{feed.listing}')
+    else:
+        return  # a head fed levels of several widths: nothing to compare one int with
+    if _is_auto(given):
+        _set(head, 'in_channels', expected, where)
+    elif _plain(given) != _plain(expected):
+        raise _mismatch(where, 'in_channels', given, expected, feed)
+
+
+def _generators(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
+    """Prior-generator configs at any depth of a head config."""
+    for key, child in _items(node):
+        child_path = _join(path, key)
+        if key in _GENERATORS and isinstance(child, Mapping):
+            yield child_path, child
+        elif key not in ('train_cfg', 'test_cfg') and not str(key).startswith('loss'):
+            yield from _generators(child, child_path)
+
+
+def _same_stride(given: Any, expected: Optional[int]) -> bool:
+    """A stride written as `s` or `(s_w, s_h)` equals the level stride (unknown: anything)."""
+    if expected is None:
+        return True
+    if isinstance(given, (list, tuple)):
+        return len(given) == 2 and all(g == expected for g in given)
+    return given == expected
+
+
+def _stride_field(cfg: Mapping, key: str, feed: _Feed, where: str, fill_missing: bool,
+                  prefix: bool = False) -> None:
+    """Fill or check a per-level strides field.
+
+    Args:
+        cfg: The config holding the field.
+        key: The field name.
+        feed: The levels it describes.
+        where: Path of `cfg`, for messages.
+        fill_missing: Treat a missing field as 'auto' (the class takes it, with a default).
+        prefix: The field describes the first len(value) levels (RoI extractors); 'auto' then
+            means the levels up to the first extra level.
+    """
+    given = cfg.get(key, _MISSING)
+    if given is _MISSING and not fill_missing:
+        return
+    if feed.levels is None:
+        if _is_auto(given):
+            raise _cannot_fill(where, key, feed)
+        return
+    levels = feed.levels[:_first_extra(feed.levels)] if prefix else feed.levels
+    strides = [lv.stride for lv in levels]
+    if given is _MISSING or _is_auto(given):
+        unknown = [i for i, s in enumerate(strides) if s is None]
+        if unknown:
+            raise ValueError(
+                f"{where}.{key}='auto' cannot be filled: the stride of level(s) {unknown} depends "
+                f'on the input size (e.g. unpadded extra convs), so write the strides for your '
+                f'input size (input size / feature map size).\n{feed.source}:\n{feed.listing}')
+        _set(cfg, key, strides, where)
+        return
+    if not isinstance(given, (list, tuple)):
+        raise ValueError(f'{where}.{key} must be a list with one stride per level, got '
+                         f'{given!r}.')
+    # a prefix field may also name extra levels: it must match the first len(given) levels
+    compared = [lv.stride for lv in feed.levels[:len(given)]] if prefix else strides
+    if len(given) != len(compared):
+        raise _mismatch(where, key, given, strides, feed,
+                        what=f'has {len(given)} entries for {len(compared)} levels')
+    if not all(_same_stride(g, e) for g, e in zip(given, compared)):
+        # for 'auto' the expected value; unknown (size-dependent) strides keep what was given
+        shown = strides if prefix else [g if e is None else e for g, e in zip(given, strides)]
+        raise _mismatch(where, key, given, shown, feed,
+                        what='does not match the strides of the levels fed to it')
+
+
+def _first_extra(levels: Sequence[Level]) -> int:
+    for i, lv in enumerate(levels):
+        if lv.extra:
+            return i
+    return len(levels)
+
+
+def _resolve_pixel_decoder(decoder: Mapping, feed: _Feed, where: str) -> None:
+    """MSDeformAttnPixelDecoder (Mask2Former) reads strides; its encoder uses the last levels."""
+    cls, _ = _class_names(decoder)
+    if 'strides' in decoder or _takes(cls, 'strides'):
+        _stride_field(decoder, 'strides', feed, where, fill_missing=_takes(cls, 'strides'))
+    num_levels = _get_path(decoder, ('encoder', 'layer_cfg', 'self_attn_cfg', 'num_levels'))
+    if feed.levels is not None and isinstance(num_levels, int) and \
+            num_levels > len(feed.levels):
+        raise ValueError(
+            f'{where}.encoder.layer_cfg.self_attn_cfg.num_levels={num_levels} but only '
+            f'{len(feed.levels)} levels are fed to the head: use at most {len(feed.levels)} '
+            f'(and the same num_transformer_feat_level), or return more backbone levels.'
+            f'\n{feed.source}:\n{feed.listing}')
+
+
+def _get_path(cfg: Mapping, keys: Sequence[str]) -> Any:
+    node: Any = cfg
+    for key in keys:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _resolve_roi_head(roi_head: Mapping, feed: _Feed, where: str) -> None:
+    for key in _ROI_EXTRACTORS:
+        extractor = roi_head.get(key)
+        if isinstance(extractor, Mapping):
+            _resolve_extractor(extractor, feed, f'{where}.{key}')
+        elif isinstance(extractor, (list, tuple)):  # one per stage (Cascade R-CNN)
+            for i, one in enumerate(extractor):
+                if isinstance(one, Mapping):
+                    _resolve_extractor(one, feed, f'{where}.{key}[{i}]')
+
+
+def _resolve_extractor(extractor: Mapping, feed: _Feed, where: str) -> None:
+    """featmap_strides: the strides of the first levels (those the extractor pools from);
+    out_channels: their channels."""
+    _stride_field(extractor, 'featmap_strides', feed, where, fill_missing=True, prefix=True)
+    given = extractor.get('out_channels', _MISSING)
+    if feed.levels is None:
+        if _is_auto(given):
+            raise _cannot_fill(where, 'out_channels', feed)
+        return
+    strides = extractor['featmap_strides']
+    channels = sorted({lv.channels for lv in feed.levels[:len(strides)]})
+    if len(channels) != 1:
+        raise ValueError(
+            f'{where} pools from levels of different widths {channels} (the first '
+            f'{len(strides)} levels); RoI extractors need one width: add a neck such as FPN.'
+            f'\n{feed.source}:\n{feed.listing}')
+    if given is _MISSING or _is_auto(given):
+        _set(extractor, 'out_channels', channels[0], where)
+    elif given != channels[0]:
+        raise _mismatch(where, 'out_channels', given, channels[0], feed)
+
+
+def _resolve_attention_levels(det: Mapping, feed: _Feed, path: str) -> None:
+    """Deformable-DETR-style detectors: `num_feature_levels` and the `num_levels` of their
+    multi-scale deformable attention = the number of levels fed to the transformer. Their
+    defaults (4) count as 'auto' for DeformableDETR and its subclasses (DINO, DDQ-DETR, ...)."""
+    deformable = 'DeformableDETR' in _class_names(det)[1]
+    fields = [(det, 'num_feature_levels', path)]
+    for keys in _ATTENTION_LEVELS:
+        attn = _get_path(det, keys)
+        if isinstance(attn, Mapping):
+            fields.append((attn, 'num_levels', f"{path}.{'.'.join(keys)}"))
+    for cfg, key, where in fields:
+        given = cfg.get(key, _MISSING)
+        if given is _MISSING and not deformable:
+            continue
+        if feed.levels is None:
+            if _is_auto(given):
+                raise _cannot_fill(where, key, feed)
+            continue
+        if given is _MISSING or _is_auto(given):
+            _set(cfg, key, len(feed.levels), where)
+        elif given != len(feed.levels):
+            raise _mismatch(where, key, given, len(feed.levels), feed,
+                            what='does not match the number of levels fed to the transformer')
