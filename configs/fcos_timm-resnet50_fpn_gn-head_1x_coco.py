@@ -1,0 +1,14 @@
+# FCOS with timm's ResNet-50 (A1 recipe weights), as mmdet's fcos_r50-caffe_fpn_gn-head_1x_coco.py.
+_base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', './_base_/timm_runtime.py']
+
+model = dict(
+    data_preprocessor=dict(  # timm weights: RGB, ImageNet mean/std (the base is caffe-style BGR)
+        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    backbone=dict(
+        _delete_=True,
+        type='TimmBackbone',
+        model_name='resnet50.a1_in1k',  # last 4 levels: strides 4..32
+        pretrained=True,
+        frozen_stages=1,
+        norm_eval=True),
+    neck=dict(in_channels='auto'))

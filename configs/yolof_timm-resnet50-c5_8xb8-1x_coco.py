@@ -1,0 +1,16 @@
+# YOLOF with timm's ResNet-50 (A1 recipe weights): the last level (C5, stride 32) only, as mmdet's
+# yolof_r50-c5_8xb8-1x_coco.py.
+_base_ = ['mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py', './_base_/timm_runtime.py']
+
+model = dict(
+    data_preprocessor=dict(  # timm weights: RGB, ImageNet mean/std (the base is caffe-style BGR)
+        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    backbone=dict(
+        _delete_=True,
+        type='TimmBackbone',
+        model_name='resnet50.a1_in1k',
+        out_indices=(-1, ),
+        pretrained=True,
+        frozen_stages=1,
+        norm_eval=True),
+    neck=dict(in_channels='auto'))

@@ -1,0 +1,164 @@
+"""`TimmBackboneRunner`: the mmengine `Runner` for configs with timm backbones.
+
+It owns what happens between a config and a training or testing loop that plain mmengine gets
+wrong for timm models:
+
+- The config is resolved (`resolve_config`) before anything is built, so `'auto'` channel and
+  stride fields work with mmdet's own `tools/train.py` / `tools/test.py` (config:
+  `runner_type='mmdet.TimmBackboneRunner'`), and the config dumped to the work dir is the resolved
+  one.
+- SyncBN keeps timm's fused activations (`_syncbn.py`).
+- Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`).
+- Distributed runs without CUDA (`--launcher pytorch` on CPUs) use the gloo backend and plain
+  CPU `DistributedDataParallel`.
+"""
+import copy
+import datetime
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.distributed as torch_dist
+from mmdet.registry import RUNNERS
+from mmengine.config import Config, ConfigDict
+from mmengine.device import get_device
+from mmengine.dist import is_distributed
+from mmengine.logging import print_log
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
+from mmengine.registry import MODEL_WRAPPERS
+from mmengine.runner import Runner
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ._checkpoint import checkpoint_loading
+from ._resolve import resolve_config
+from ._syncbn import convert_sync_batchnorm, revert_sync_batchnorm, sync_norm_types
+
+__all__ = ['TimmBackboneRunner']
+
+
+@RUNNERS.register_module()
+class TimmBackboneRunner(Runner):
+    """mmengine `Runner` that resolves timm backbone configs, keeps timm's fused norm + act
+    layers under SyncBN, loads checkpoints weights-only and runs distributed on CPUs.
+
+    Select it in a config with `runner_type='mmdet.TimmBackboneRunner'` (the package's
+    `configs/_base_/timm_runtime.py` does), so that mmdet's own `tools/train.py` and
+    `tools/test.py` use it: the scope prefix is needed because mmdet's train.py looks it up in
+    mmengine's root registry before any default scope is set. This package's tools use it for
+    every config.
+
+    Differences from `Runner`:
+        - `from_cfg` resolves the config (`resolve_config`: `'auto'` channels and strides are
+          filled from the timm backbone, wrong explicit values fail) before anything is built;
+          `build_model` resolves model dicts passed directly.
+        - `wrap_model`: without a distributed launcher, sync norms are reverted (timm's
+          `SyncBatchNormAct` to `BatchNormAct2d`, activation kept); with one, `sync_bn='torch'`
+          or `'mmcv'` converts batch norms with `convert_sync_batchnorm` (timm's converter for
+          batch norms with a fused activation). Without CUDA the model is wrapped in CPU
+          `DistributedDataParallel` (`device_ids=None`), which refuses sync norms: a
+          `ValueError` then says which option to drop.
+        - `setup_env`: with `launcher='pytorch'` and no CUDA, the process group uses gloo
+          (mmengine would call `torch.cuda.set_device` and use nccl).
+        - `load_checkpoint` / `resume` load weights-only (see `checkpoint_loading`).
+
+    Example:
+        >>> cfg = Config.fromfile('configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py')
+        >>> cfg.work_dir = 'work_dirs/retinanet'
+        >>> TimmBackboneRunner.from_cfg(cfg).train()
+    """
+
+    @classmethod
+    def from_cfg(cls, cfg: Union[Config, ConfigDict, dict]) -> 'TimmBackboneRunner':
+        """Build a runner from a config, after resolving its `'auto'` fields.
+
+        Args:
+            cfg: The whole config (as for `Runner.from_cfg`); it is not modified.
+        """
+        return super().from_cfg(resolve_config(cfg))
+
+    def build_model(self, model: Union[nn.Module, Dict]) -> nn.Module:
+        """Build a model from a (resolved on the fly) config dict, or return a module as is."""
+        if isinstance(model, dict):
+            model = resolve_config(model)
+        return super().build_model(model)
+
+    def setup_env(self, env_cfg: Dict) -> None:
+        """mmengine's `setup_env`; with `launcher='pytorch'` and no CUDA, gloo on CPUs."""
+        if self.distributed and not is_distributed() and self.launcher == 'pytorch' and \
+                not torch.cuda.is_available():
+            _init_cpu_process_group(dict(env_cfg.get('dist_cfg', {})))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[Dict],
+                   model: nn.Module) -> Union[DistributedDataParallel, nn.Module]:
+        """mmengine's `wrap_model`, with SyncBN conversions that keep timm's fused activations
+        and CPU `DistributedDataParallel`.
+
+        Args:
+            model_wrapper_cfg: Config of the wrapper (None: `MMDistributedDataParallel`).
+            model: The model.
+        """
+        if is_model_wrapper(model) or not self.distributed:
+            if not is_model_wrapper(model):
+                model = revert_sync_batchnorm(model)  # before mmengine's, which drops acts
+            return super().wrap_model(model_wrapper_cfg, model)
+        # mirrors mmengine 0.10's Runner.wrap_model (distributed branch)
+        device = get_device()
+        model = model.to(device)
+        sync_bn = self.cfg.get('sync_bn', None)
+        if sync_bn is not None:
+            model = convert_sync_batchnorm(model, sync_bn)
+            print_log(f"sync_bn={sync_bn!r}: batch norms converted to SyncBatchNorm (timm's "
+                      f'fused norm + act layers to SyncBatchNormAct)', logger='current')
+        device_ids = None if device == 'cpu' else [int(os.environ['LOCAL_RANK'])]
+        if model_wrapper_cfg is None:
+            _check_sync_bn_device(model, device)
+            return MMDistributedDataParallel(
+                module=model, device_ids=device_ids, broadcast_buffers=False,
+                find_unused_parameters=self.cfg.get('find_unused_parameters', False))
+        wrapper_cfg = copy.deepcopy(model_wrapper_cfg)
+        wrapper_cfg.setdefault('type', 'MMDistributedDataParallel')
+        wrapper_type = MODEL_WRAPPERS.get(wrapper_cfg.get('type'))
+        default_args: Dict[str, Any] = dict(module=model)
+        if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
+            _check_sync_bn_device(model, device)
+            default_args['device_ids'] = device_ids
+        return MODEL_WRAPPERS.build(wrapper_cfg, default_args=default_args)
+
+    def load_checkpoint(self, filename: str, *args: Any, **kwargs: Any) -> dict:
+        """`Runner.load_checkpoint`, weights-only (see `checkpoint_loading`)."""
+        with checkpoint_loading(filename):
+            return super().load_checkpoint(filename, *args, **kwargs)
+
+    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
+        """`Runner.resume`, weights-only (see `checkpoint_loading`)."""
+        with checkpoint_loading(filename):
+            super().resume(filename, *args, **kwargs)
+
+
+def _check_sync_bn_device(model: nn.Module, device: str) -> None:
+    """DistributedDataParallel refuses SyncBatchNorm on CPUs; say which option to drop."""
+    if device != 'cpu':
+        return
+    sync = sorted({type(m).__name__ for m in model.modules() if isinstance(m, sync_norm_types())})
+    if sync:
+        raise ValueError(
+            f'the model has {sync} layers, which only run on GPUs (DistributedDataParallel '
+            f'refuses them on CPUs), and this distributed run has no CUDA device. For CPU runs '
+            f"remove sync_bn from the config (mmengine's option) and set sync_bn=False on timm "
+            f'backbones (--cfg-options model.backbone.sync_bn=False), or run without a launcher '
+            f'(sync norms are then reverted to batch norms).')
+
+
+def _init_cpu_process_group(dist_cfg: Dict[str, Any]) -> None:
+    """The process group of a torchrun-launched CPU job: gloo, whatever the config names
+    (nccl needs CUDA)."""
+    backend = dist_cfg.pop('backend', 'gloo')
+    if backend != 'gloo':
+        print_log(f"no CUDA device: using the 'gloo' process group backend instead of "
+                  f'{backend!r}', logger='current')
+    timeout = dist_cfg.pop('timeout', None)
+    if timeout is not None:
+        dist_cfg['timeout'] = datetime.timedelta(seconds=timeout)
+    torch_dist.init_process_group(backend='gloo', **dist_cfg)

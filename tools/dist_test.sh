@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Distributed testing: tools/dist_test.sh CONFIG CHECKPOINT GPUS [tools/test.py arguments]
+#
+# Starts GPUS processes on this node with torchrun (`python -m torch.distributed.run`) and
+# `--launcher pytorch`. Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and PORT as for mmdet's
+# script. PYTHON picks the interpreter (default: python).
+# Without CUDA, GPUS is the number of CPU processes (gloo backend, see tools/dist_train.sh).
+set -euo pipefail
+
+CONFIG=$1
+CHECKPOINT=$2
+GPUS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+PYTHON=${PYTHON:-python}
+
+PYTHONPATH="$(dirname "$0")/..":${PYTHONPATH:-} \
+"$PYTHON" -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/test.py" \
+    "$CONFIG" \
+    "$CHECKPOINT" \
+    --launcher pytorch \
+    "${@:4}"
