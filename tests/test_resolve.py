@@ -307,3 +307,24 @@ def test_pad_size_divisor_auto_and_too_small():
     model['data_preprocessor']['pad_size_divisor'] = 32
     with pytest.raises(ValueError, match=r"pad_size_divisor=32.*multiples of 224.*'auto'"):
         resolve(dict(model=model))  # a too-small explicit divisor fails at resolve time
+
+
+def test_auto_pyramid_builds_only_the_levels_the_neck_reads():
+    # RetinaNet's FPN reads levels 1.. (start_level=1): a plain model's automatic pyramid then
+    # makes strides 8-32 only (a stride-4 branch would get no gradient and break DDP)
+    model = dict(type='RetinaNet',
+                 backbone=dict(type='TimmBackbone', model_name='vit_tiny_patch16_224'),
+                 neck=dict(type='FPN', in_channels='auto', out_channels=64, start_level=1,
+                           add_extra_convs='on_input', num_outs=5),
+                 bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=64,
+                                anchor_generator=dict(type='AnchorGenerator', strides='auto',
+                                                      octave_base_scale=4, scales_per_octave=3,
+                                                      ratios=[1.0])))
+    resolved = resolve_config(dict(model=model))['model']
+    assert resolved['backbone']['pyramid_strides'] == [8, 16, 32]
+    assert resolved['neck']['start_level'] == 0
+    assert resolved['neck']['in_channels'] == [96, 192, 192]
+    assert resolved['bbox_head']['anchor_generator']['strides'] == [8, 16, 32, 64, 128]
+    assert resolve_config(dict(model=resolved))['model'] == resolved  # idempotent
+    model['backbone']['pyramid_strides'] = (4, 8, 16, 32)  # written by the user: kept
+    assert resolve_config(dict(model=model))['model']['neck']['start_level'] == 1

@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from ._necks import NECKS, Level, format_levels, supported_necks, type_name
-from ._plan import feature_specs, timm_model_name
+from ._plan import feature_specs, plan_from_config, timm_model_name
 from ._specs import FeatureSpec, format_specs
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
@@ -169,6 +169,8 @@ def _mismatch(where: str, key: str, given: Any, expected: Any, feed: _Feed,
 def _resolve_detector(det: Mapping, path: str) -> None:
     backbone = det['backbone']
     name = timm_model_name(backbone)
+    if name is not None:
+        _trim_pyramid(det, path)
     if name is None:
         kind = type_name(backbone)
         feed = _Feed(None, f'{path}.backbone', why=(
@@ -196,6 +198,39 @@ def _resolve_detector(det: Mapping, path: str) -> None:
     if isinstance(det.get('roi_head'), Mapping):
         _resolve_roi_head(det['roi_head'], feed, f'{path}.roi_head')
     _resolve_attention_levels(det, feed, path)
+
+
+# FPN-style necks that read levels start_level..end_level (default start_level 0)
+_RANGE_NECKS = ('FPN', 'FPN_DropBlock', 'PAFPN', 'FPN_CARAFE', 'FPG')
+
+
+def _trim_pyramid(det: Mapping, path: str) -> None:
+    """An automatic simple pyramid makes only the levels the neck reads: with FPN's
+    start_level=1 (RetinaNet), a stride-4 branch would get no gradient (and DDP would fail on the
+    unused parameters). The backbone's `pyramid_strides` become the used ones and the neck starts
+    at 0, which wires the same levels. A `pyramid_strides` written in the config is kept."""
+    backbone, neck = det['backbone'], det.get('neck')
+    if isinstance(neck, (list, tuple)):
+        neck = neck[0] if neck else None
+    if not isinstance(neck, Mapping) or type_name(neck) not in _RANGE_NECKS or \
+            'pyramid_strides' in backbone:
+        return
+    plan = plan_from_config(backbone)
+    if not plan.pyramid_strides or len(set(plan.out_indices)) != 1:
+        return  # no pyramid, or one level per stride (each branch has its own source)
+    n = len(plan.pyramid_strides)
+    start, end = neck.get('start_level', 0), neck.get('end_level', -1)
+    stop = n if end in (-1, n - 1) else end + 1
+    if not isinstance(start, int) or not isinstance(stop, int) or (start, stop) == (0, n) or \
+            not 0 <= start < stop <= n:
+        return  # nothing unused, or an invalid range the neck table reports
+    backbone['pyramid_strides'] = list(plan.pyramid_strides[start:stop])
+    neck['start_level'] = 0
+    if end != -1:
+        neck['end_level'] = stop - start - 1
+    print_log(f'resolve_config: {path}.backbone.pyramid_strides = '
+              f"{backbone['pyramid_strides']} (the levels the neck reads); neck start_level = 0",
+              logger='current', level=logging.DEBUG)
 
 
 def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) -> None:
