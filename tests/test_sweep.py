@@ -1,0 +1,40 @@
+"""`slow` sweeps over every timm architecture (run with `make test-slow`).
+
+Each architecture must either wire into a RetinaNet (feature_specs -> resolve_config -> meta
+build of backbone + FPN, shape-checked meta forward at a detection-sized input) or be rejected up
+front with a clear error of ours (never a cryptic failure inside the build). Plain models (levels
+at one stride) must come out as a true 4..32 pyramid.
+"""
+import pytest
+import timm
+
+import timm_backbones  # noqa: F401  (registers the modules)
+from timm_backbones._plan import plan_backbone
+from timm_backbones._sweep import check_architecture
+
+
+def _plain(name):
+    try:
+        return len({s.stride for s in plan_backbone(name, pyramid=None).levels}) == 1
+    except (ValueError, TypeError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', timm.list_models())
+def test_architecture_wires_into_retinanet(name):
+    result = check_architecture(name, frozen=False)
+    assert result.status in ('ok', 'rejected'), result.reason
+    if result.status == 'ok' and _plain(name):
+        assert result.strides == [4, 8, 16, 32]  # a true pyramid, not four stride-16 maps
+
+
+def test_sweep_check_itself():
+    """The fast suite runs the sweep's check on a few models (so it cannot rot)."""
+    assert check_architecture('resnet18').status == 'ok'
+    vit = check_architecture('vit_tiny_patch16_224')
+    assert vit.status == 'ok' and vit.strides == [4, 8, 16, 32]
+    beit = check_architecture('beit_base_patch16_224', frozen=False)  # fixed size: built for it
+    assert beit.status == 'ok'
+    crossvit = check_architecture('crossvit_tiny_240', frozen=False)  # resizes its input
+    assert crossvit.status == 'rejected' and 'does not describe its outputs' in crossvit.reason

@@ -1,0 +1,120 @@
+"""Sweeps over timm's architectures: each one through `feature_specs`, `resolve_config` and a
+meta-device build of backbone + FPN + RetinaNet head with a shape-checked meta forward at a
+detection-sized input. Used by `tools/sweep.py` and the `slow` tests.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ._plan import feature_specs, plan_from_config
+
+__all__ = ['SweepResult', 'check_architecture', 'retinanet_config']
+
+DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
+
+
+@dataclass
+class SweepResult:
+    """The outcome for one architecture.
+
+    Args:
+        name: timm architecture.
+        status: 'ok', 'rejected' (a clear ValueError/TypeError of ours, before any build) or
+            'failed' (anything else: a bug to fix).
+        reason: The error message (empty when ok).
+        specs_seconds: Time of `feature_specs` (cold cache).
+        strides: Output strides of the backbone.
+        frozen_stages: Whether frozen_stages=1 could be located (None: not checked).
+    """
+    name: str
+    status: str
+    reason: str = ''
+    specs_seconds: float = 0.0
+    strides: List[int] = field(default_factory=list)
+    frozen_stages: Optional[bool] = None
+
+
+def retinanet_config(backbone: Dict) -> Dict:
+    """A RetinaNet model config with every channel and stride left to `resolve_config`."""
+    return dict(
+        type='RetinaNet',
+        data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor='auto'),
+        backbone=backbone,
+        neck=dict(type='FPN', in_channels='auto', out_channels=64, start_level=0,
+                  add_extra_convs='on_input', num_outs=5),
+        bbox_head=dict(
+            type='RetinaHead', num_classes=3, in_channels=64, stacked_convs=1, feat_channels=64,
+            anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                  scales_per_octave=3, ratios=[0.5, 1.0, 2.0], strides='auto'),
+            bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[.0, .0, .0, .0],
+                            target_stds=[1.0, 1.0, 1.0, 1.0]),
+            loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                          loss_weight=1.0),
+            loss_bbox=dict(type='L1Loss', loss_weight=1.0)),
+        test_cfg=dict(nms_pre=100, min_bbox_size=0, score_thr=0.05,
+                      nms=dict(type='nms', iou_threshold=0.5), max_per_img=10))
+
+
+def _check_maps(maps, strides: List[int], size: Tuple[int, int], channels: List[int],
+                what: str) -> None:
+    for out, stride, c in zip(maps, strides, channels):
+        expect = [math.ceil(s / stride) for s in size]
+        if out.shape[1] != c or any(abs(g - e) > 1 + 0.35 * e
+                                    for g, e in zip(out.shape[2:], expect)):
+            raise AssertionError(f'{what}: got {tuple(out.shape)}, expected {c} channels and '
+                                 f'about {expect} at stride {stride}')
+
+
+def check_architecture(name: str, size: Tuple[int, int] = DETECTION_SIZE,
+                       frozen: bool = True) -> SweepResult:
+    """Run one architecture through the whole wiring on the meta device.
+
+    Example:
+        >>> check_architecture('resnet18').status
+        'ok'
+    """
+    from mmdet.registry import MODELS
+
+    from ._resolve import resolve_config
+    backbone_cfg = dict(type='TimmBackbone', model_name=name)
+    start = time.perf_counter()
+    try:
+        specs = feature_specs(backbone_cfg)
+        seconds = time.perf_counter() - start
+        if plan_from_config(backbone_cfg).fixed_size is not None:
+            # a fixed-size model: build it for a square canvas holding the detection input
+            # (some such models only take square sizes); smaller inputs are padded to it
+            backbone_cfg['input_size'] = (max(size), max(size))
+            specs = feature_specs(backbone_cfg)
+        model_cfg = resolve_config(dict(model=retinanet_config(backbone_cfg)))['model']
+    except (ValueError, TypeError) as err:
+        return SweepResult(name, 'rejected', f'{type(err).__name__}: {err}',
+                           time.perf_counter() - start)
+    result = SweepResult(name, 'ok', specs_seconds=seconds, strides=[s.stride for s in specs])
+    try:
+        with torch.device('meta'):
+            backbone = MODELS.build(model_cfg['backbone']).eval()
+            neck = MODELS.build(model_cfg['neck']).eval()
+        divisor = model_cfg['data_preprocessor']['pad_size_divisor']
+        padded = tuple(-(-s // divisor) * divisor for s in size)
+        with torch.no_grad():
+            feats = backbone(torch.empty(1, 3, *padded, device='meta'))
+            _check_maps(feats, result.strides, padded, [s.channels for s in specs], 'backbone')
+            outs = neck(feats)
+        strides = model_cfg['bbox_head']['anchor_generator']['strides']
+        _check_maps(outs, strides, padded, [64] * len(outs), 'FPN')
+    except Exception as err:  # the sweep records every failure with its reason
+        return SweepResult(name, 'failed', f'{type(err).__name__}: {err}', seconds,
+                           result.strides)
+    if frozen:
+        from ._backbone import TimmBackbone
+        try:
+            with torch.device('meta'):
+                TimmBackbone(name, frozen_stages=1)
+            result.frozen_stages = True
+        except ValueError:
+            result.frozen_stages = False
+    return result
