@@ -12,9 +12,7 @@ Everything runs on tiny inputs with random weights; models are built once per te
 """
 import copy
 import functools
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
@@ -23,18 +21,17 @@ from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.mask import BitmapMasks
 from mmdet.utils import register_all_modules
-from mmengine.config import Config, ConfigDict
+from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 
 import timm_backbones  # noqa: F401  (registers the modules)
+from mmdet_configs import mmdet_model, model_config, timm
 from timm_backbones._necks import NECKS, Level
 from timm_backbones._plan import feature_specs
 from timm_backbones._resolve import resolve_config
 
 register_all_modules()
 
-_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
-                        '.mim', 'configs')
 BN = dict(type='BN')  # for configs written with SyncBN (no process group on the CPU)
 
 
@@ -46,35 +43,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@functools.lru_cache(maxsize=None)
-def _model_config(path):
-    return Config.fromfile(os.path.join(_CONFIGS, path)).model.to_dict()
-
-
-def mmdet_model(path, backbone, **changes):
-    """mmdet's model config `path` (under mmdet/.mim/configs) with a timm backbone and `changes`
-    merged in (dicts merge key by key, like mmengine's config inheritance)."""
-    model = copy.deepcopy(_model_config(path))
-    model['backbone'] = backbone
-    _merge(model, changes)
-    return model
-
-
-def _merge(base, changes):
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def timm(name, out_indices=None, **kwargs):
-    cfg = dict(type='TimmBackbone', model_name=name, **kwargs)
-    if out_indices is not None:
-        cfg['out_indices'] = out_indices
-    return cfg
 
 
 def predicted_levels(model):
@@ -113,7 +81,7 @@ BACKBONES = {
 
 def _neck(path, index=None, **changes):
     """The neck of mmdet's config `path` (entry `index` of a neck chain) with `changes`."""
-    neck = copy.deepcopy(_model_config(path)['neck'])
+    neck = copy.deepcopy(model_config(path)['neck'])
     if index is not None:
         neck = neck[index]
     neck.update(changes)

@@ -2,17 +2,15 @@
 (or a minimal one where mmdet ships none), swaps in a timm backbone, sets the channel fields to
 'auto', resolves, then builds the neck and runs it on random maps shaped like the backbone's
 outputs: the channels must fit and the outputs must be the levels the table predicts."""
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.config import Config
 
 import timm_backbones  # noqa: F401  (registers the modules)
+from mmdet_configs import mmdet_model, timm
 from timm_backbones._necks import NECKS, Level, supported_necks
 from timm_backbones._plan import feature_specs
 from timm_backbones._resolve import resolve_config
@@ -20,30 +18,7 @@ from timm_backbones._resolve import resolve_config
 torch.set_num_threads(2)
 register_all_modules()
 
-_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
-                        '.mim', 'configs')
 SIZE = 128  # input side: every stride used below divides it
-
-
-def mmdet_model(path, backbone, **changes):
-    """mmdet's model config `path` (under mmdet/.mim/configs) with a timm backbone and `changes`
-    merged in (dicts merge key by key, like mmengine's config inheritance)."""
-    model = Config.fromfile(os.path.join(_CONFIGS, path)).model.to_dict()
-    model['backbone'] = backbone
-    _merge(model, changes)
-    return model
-
-
-def _merge(base, changes):
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def timm(name, out_indices, **kwargs):
-    return dict(type='TimmBackbone', model_name=name, out_indices=out_indices, **kwargs)
 
 
 def run_neck(model, batch=1):
