@@ -68,7 +68,7 @@ param_scheduler = [
 default_hooks = dict(
     logger=dict(interval=10),
     checkpoint=dict(interval=4, max_keep_ckpts=2),
-    visualization=dict(draw=True, interval=25, score_thr=0.3))
+    visualization=dict(draw=True, interval=6, score_thr=0.3))  # ~4 val images with boxes
 custom_hooks = [dict(type='LossCurveHook', interval=50)]
 randomness = dict(seed=0)
 auto_scale_lr = dict(enable=False)

@@ -2,10 +2,12 @@
 weights, and one block per bad-input rule."""
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
 from mmdet.registry import MODELS
+from mmengine.logging import HistoryBuffer
 from representative import HOOK_BASED, NON_SQUARE, REPRESENTATIVE
 from torch import nn
 
@@ -219,7 +221,10 @@ def test_init_cfg_pretrained_with_prefix(tmp_path):
     """A detector checkpoint's backbone weights load through init_cfg=Pretrained + prefix."""
     donor = TimmBackbone('resnet18')
     path = str(tmp_path / 'detector.pth')
-    torch.save({'state_dict': {f'backbone.{k}': v for k, v in donor.state_dict().items()}}, path)
+    # as mmengine's runner writes it: numpy and HistoryBuffer beside the tensors (weights-only)
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in donor.state_dict().items()},
+                'message_hub': {'log_scalars': {'train/loss': HistoryBuffer([1.0, 0.5], [1, 1])}},
+                'meta': {'seed': np.int64(0), 'dataset_meta': {'w': np.ones(2)}}}, path)
     backbone = TimmBackbone('resnet18', init_cfg=dict(type='Pretrained', checkpoint=path,
                                                       prefix='backbone.'))
     assert not torch.equal(backbone.model.conv1.weight, donor.model.conv1.weight)

@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from timm.models import FeatureHookNet
 from torch import Tensor, nn
 
+from ._checkpoint import checkpoint_loading
 from ._freeze import find_module, set_norm_eval, stage_split, to_frozen_bn, to_sync_bn
 from ._plan import level_specs, plan_backbone
 from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
@@ -165,6 +166,16 @@ class TimmBackbone(BaseModule):
         """The modules of the frozen stages (looked up by path: converters may swap them)."""
         modules = dict(self.model.named_modules())
         return [modules[p] for p in self._frozen_paths]
+
+    def init_weights(self) -> None:
+        """Apply `init_cfg` (e.g. `Pretrained` with a backbone or detector checkpoint). timm's
+        own initialisation and pretrained weights are otherwise kept: the feature wrapper has no
+        `init_weights` for mmengine to call. Checkpoints written by mmengine (numpy arrays,
+        HistoryBuffer) load with torch's weights-only loader."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
+        files = [c.get('checkpoint', '') for c in cfgs if c.get('type') == 'Pretrained']
+        with checkpoint_loading(files[0] if files else ''):
+            super().init_weights()
 
     def train(self, mode: bool = True) -> 'TimmBackbone':
         """Switch mode, keeping frozen stages (and norms, with `norm_eval`) in eval mode."""
