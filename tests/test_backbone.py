@@ -303,3 +303,21 @@ def test_bad_inputs():
         MODELS.build(dict(type='timm.resnet18', model_name='resnet50'))
     with pytest.raises(ValueError, match='frozen_bn=True and sync_bn=True exclude each other'):
         TimmBackbone('resnet18', frozen_bn=True, sync_bn=True)
+
+
+def test_feature_specs_fall_back_to_a_cpu_build(monkeypatch):
+    # a model that cannot be built on the meta device still gets its specs (from a CPU build)
+    import timm_backbones._timm as timm_mod
+    real_create = timm_mod._create
+
+    def no_meta(model_name, kwargs, out_indices, meta, pretrained=False):
+        if meta:
+            raise RuntimeError('this model computes with tensors while being built')
+        return real_create(model_name, kwargs, out_indices, meta, pretrained)
+
+    monkeypatch.setattr(timm_mod, '_create', no_meta)
+    monkeypatch.setattr(timm_mod, '_PROBE_CACHE', {})
+    monkeypatch.setattr(timm_mod, '_INPUT_CACHE', {})
+    specs = feature_specs(dict(type='timm.regnety_002', in_channels=2))
+    assert [s.stride for s in specs] == [4, 8, 16, 32]
+    assert specs == TimmBackbone('regnety_002', in_channels=2).feature_specs

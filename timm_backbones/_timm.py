@@ -4,12 +4,14 @@ pretrained weights).
 """
 import difflib
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
+from mmengine.logging import print_log
 from torch import nn
 
 __all__ = ['check_model_name', 'timm_kwargs', 'create_features', 'probe', 'Probe',
@@ -181,13 +183,28 @@ def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
     check_model_name(model_name)
     key = _key(model_name, kwargs)
     if key not in _PROBE_CACHE:
-        model = create_features(model_name, kwargs, None, meta=True)
+        model = _build_for_probe(model_name, kwargs)
         _LAST_MODEL[:] = [key, model]  # probe_input usually follows: spare it a build
         levels = tuple(dict(d) for d in model.feature_info.info)
         if len(_PROBE_CACHE) >= _PROBE_CACHE_SIZE:
             _PROBE_CACHE.clear()
         _PROBE_CACHE[key] = Probe(levels, output_format(model))
     return _PROBE_CACHE[key]
+
+
+def _build_for_probe(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    """A meta-device build; a real CPU build only where the meta device fails (a model that
+    computes with tensors while being built) but the CPU build works."""
+    try:
+        return create_features(model_name, kwargs, None, meta=True)
+    except ValueError as meta_err:
+        try:
+            model = create_features(model_name, kwargs, None, meta=False)
+        except ValueError:
+            raise meta_err from None
+        print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
+                  f'from a CPU build', logger='current', level=logging.WARNING)
+        return model
 
 
 def _key(model_name: str, kwargs: Dict[str, Any]) -> Tuple:
@@ -205,7 +222,7 @@ def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
     key = _key(model_name, kwargs)
     if key not in _INPUT_CACHE:
         model = _LAST_MODEL[1] if _LAST_MODEL[0] == key else \
-            create_features(model_name, kwargs, None, meta=True)
+            _build_for_probe(model_name, kwargs)
         _LAST_MODEL[:] = [None, None]
         if len(_INPUT_CACHE) >= _PROBE_CACHE_SIZE:
             _INPUT_CACHE.clear()
@@ -215,10 +232,12 @@ def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
 
 def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
                  ) -> Optional[List[Tuple[int, ...]]]:
-    """Output shapes of a meta-device forward at `hw`, or None if the model fails there."""
+    """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or None
+    if the model fails there."""
+    device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
     try:
         with torch.no_grad():
-            outs = model(torch.empty(1, in_chans, *hw, device='meta'))
+            outs = model(torch.empty(1, in_chans, *hw, device=device))
     except Exception:  # any failure means: not at this size
         return None
     return [tuple(o.shape) for o in outs]
@@ -272,14 +291,24 @@ def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]
         if shapes2 is not None:
             _check_shapes(model_name, model, [((a, b), shapes), (second, shapes2)])
             return d, None
-    size = kwargs.get('img_size') or getattr(model, 'pretrained_cfg', {}).get('input_size')
-    if size is not None:
+    native = getattr(model, 'pretrained_cfg', {}).get('input_size')
+    tried = []
+    # built for a size (img_size): only that size counts; else the model's native size
+    for size in ([kwargs['img_size']] if 'img_size' in kwargs else [native]):
+        if size is None:
+            continue
         size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
         shapes = _meta_shapes(model, size, in_chans)
         if shapes is not None:
             _check_shapes(model_name, model, [(size, shapes)])
             return 1, (int(size[0]), int(size[1]))
-    return 1, None
+        tried.append(f'{size[0]}x{size[1]}')
+    hint = (f"; it was built with img_size={kwargs['img_size']} but does not run at that size "
+            f'(some models only take square inputs): try input_size=(S, S)'
+            if 'img_size' in kwargs else '')
+    raise ValueError(f'{model_name!r} ran at none of the input sizes tried (multiples of '
+                     f'{deepest} x {_DIVISOR_FACTORS}; {", ".join(tried) or "no fixed size"})'
+                     f'{hint}. It cannot be used as a detection backbone as configured.')
 
 
 def supports_kwargs(model_name: str, kwargs: Dict[str, Any]) -> bool:
