@@ -85,7 +85,7 @@ def test_fixed_size_model():
         _exact_shapes(backbone, backbone(torch.rand(1, 3, 300, 400)), (300, 400))
     with pytest.raises(ValueError, match=r'only runs at 320x416.*input_size=\(H, W\)'):
         backbone(torch.rand(1, 3, 352, 416))  # larger than the built size
-    with pytest.raises(ValueError, match="does not take img_size.*input_size='any'"):
+    with pytest.raises(ValueError, match="cannot be built for that size.*input_size='any'"):
         TimmBackbone('resnet18', input_size=(320, 416))  # CNNs take any size already
 
 

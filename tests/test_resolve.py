@@ -328,3 +328,17 @@ def test_auto_pyramid_builds_only_the_levels_the_neck_reads():
     assert resolve_config(dict(model=resolved))['model'] == resolved  # idempotent
     model['backbone']['pyramid_strides'] = (4, 8, 16, 32)  # written by the user: kept
     assert resolve_config(dict(model=model))['model']['neck']['start_level'] == 1
+
+
+def test_pad_size_divisor_auto_fits_a_fixed_size_model():
+    # levit built for 800x800 (fixed attention biases): 'auto' padding must never push an
+    # input past 800, so not its deepest stride (64, which does not divide 800) but gcd = 32
+    model = dict(type='RetinaNet',
+                 data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor='auto'),
+                 backbone=dict(type='TimmBackbone', model_name='levit_conv_128s',
+                               input_size=(800, 800)),
+                 neck=dict(type='FPN', in_channels='auto', out_channels=64, num_outs=3))
+    resolved = resolve_config(dict(model=model))['model']
+    from timm_backbones import feature_specs
+    assert max(s.stride for s in feature_specs(model['backbone'])) == 64
+    assert resolved['data_preprocessor']['pad_size_divisor'] == 32

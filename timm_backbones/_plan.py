@@ -116,10 +116,13 @@ def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
         if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
             raise ValueError(f'input_size must be (height, width) in pixels, got {input_size!r}')
         size = {'img_size': tuple(input_size)}
-        if not supports_kwargs(model_name, dict(kwargs, **size)):
+        try:
+            probe(model_name, dict(kwargs, **size))
+        except ValueError as err:
             raise ValueError(
-                f'input_size={tuple(input_size)}: {model_name!r} does not take img_size (it is '
-                f"not built for one input size); use input_size='any'.")
+                f'input_size={tuple(input_size)}: {model_name!r} cannot be built for that size '
+                f"(a model that takes any size needs input_size='any'; some fixed-size models "
+                f'only take square sizes). {err}') from err
         return size
     if input_size not in INPUT_SIZES:
         raise ValueError(f"input_size must be 'any', 'fixed' or (height, width), got "

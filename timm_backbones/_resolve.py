@@ -235,21 +235,25 @@ def _trim_pyramid(det: Mapping, path: str) -> None:
 
 def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) -> None:
     """`data_preprocessor.pad_size_divisor`: 'auto' -> lcm(backbone input divisor, deepest
-    stride); an explicit value must be a multiple of the divisor the backbone needs."""
+    stride) (for a fixed-size model, also a divisor of its size); an explicit value must be a
+    multiple of the divisor the backbone needs."""
     pre = det.get('data_preprocessor')
     if not isinstance(pre, Mapping) or 'pad_size_divisor' not in pre:
         return
     need = specs[0].pad_divisor
-    deepest = max(s.stride for s in specs)
+    auto = math.lcm(need, max(s.stride for s in specs))
+    fixed = plan_from_config(det['backbone']).fixed_size
+    if fixed is not None:  # padding must not push an input past the size the model runs at
+        auto = math.gcd(auto, *fixed)
     value = pre['pad_size_divisor']
     where = f'{path}.data_preprocessor'
     if _is_auto(value):
-        _set(pre, 'pad_size_divisor', math.lcm(need, deepest), where)
+        _set(pre, 'pad_size_divisor', auto, where)
     elif not isinstance(value, int) or value < 1 or value % need:
         raise ValueError(
             f'{where}.pad_size_divisor={value!r}: the timm backbone at {path}.backbone needs '
             f'input sides that are multiples of {need} (window attention, patch size). Fix: '
-            f"pad_size_divisor='auto' (gives {math.lcm(need, deepest)}) or a multiple of {need}.")
+            f"pad_size_divisor='auto' (gives {auto}) or a multiple of {need}.")
 
 
 def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
