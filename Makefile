@@ -15,4 +15,4 @@ test-slow: install  ## The sweeps over every timm architecture.
 	$(PY) -m pytest -m slow tests $(PYTEST_ARGS)
 
 demo: install  ## The main job: train + evaluate a detector with a timm backbone on built-in data.
-	$(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_demo_synthetic.py
+	$(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py
