@@ -182,3 +182,12 @@ def test_test_evaluates_a_checkpoint_and_writes_out(tiny, trained):
     with open(out, 'rb') as f:
         results = pickle.load(f)  # written by mmdet's DumpDetResults
     assert len(results) == 4 and {'pred_instances', 'img_id'} <= set(results[0])
+
+
+def test_amp_without_a_gpu_is_a_clear_error(tiny, tmp_path):
+    # mmengine's AmpOptimWrapper asserts deep in the runner on CPUs; the tool says why up front
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), tiny[1],
+                           '--work-dir', str(tmp_path), '--amp'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert '--amp needs a CUDA, NPU, MLU or MUSA device' in proc.stderr
