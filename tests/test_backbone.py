@@ -299,6 +299,9 @@ def test_bad_inputs():
         TimmBackbone('resnet18', pretrained='/nonexistent/weights.pth')
     with pytest.raises(ValueError, match='in_channels must be a positive int'):
         TimmBackbone('resnet18', in_channels=0)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) 'norm_evl' \(did you mean "
+                                        r"'norm_eval'\?\)"):
+        feature_specs(dict(type='timm.resnet18', norm_evl=True))  # configs: the same rule
     with pytest.raises(TypeError, match="names the model already"):
         MODELS.build(dict(type='timm.resnet18', model_name='resnet50'))
     with pytest.raises(ValueError, match='frozen_bn=True and sync_bn=True exclude each other'):

@@ -100,3 +100,19 @@ def test_plain_model_frozen_stages_and_with_cp():
     assert all(p.grad is None for n, p in b.named_parameters() if n in frozen)
     assert all(p.grad is not None for n, p in b.named_parameters()
                if n.startswith('pyramid') and p.requires_grad)
+
+
+def test_input_size_fixed_keeps_timm_defaults():
+    # 'fixed': no dynamic-size arguments, so a ViT only runs at its native 224x224 (smaller
+    # inputs padded to it, larger ones a clear error); 'any' (default) takes the larger input
+    fixed = TimmBackbone('vit_tiny_patch16_224', input_size='fixed').eval()
+    assert 'dynamic_img_size' not in fixed.plan.kwargs and fixed.plan.fixed_size == (224, 224)
+    with torch.no_grad():
+        _exact_shapes(fixed, fixed(torch.rand(1, 3, 160, 208)), (160, 208))
+        with pytest.raises(ValueError, match='only runs at 224x224'):
+            fixed(torch.rand(1, 3, *SIZE))
+        anysize = TimmBackbone('vit_tiny_patch16_224').eval()
+        assert anysize.plan.kwargs['dynamic_img_size'] and anysize.plan.fixed_size is None
+        _exact_shapes(anysize, anysize(torch.rand(1, 3, *SIZE)), SIZE)
+    with pytest.raises(ValueError, match="input_size must be 'any', 'fixed' or"):
+        TimmBackbone('vit_tiny_patch16_224', input_size='dynamic')

@@ -1,5 +1,4 @@
 """`TimmBackbone`: any timm feature-extraction model as an mmdet backbone."""
-import difflib
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from ._checkpoint import checkpoint_loading
 from ._freeze import find_module, set_norm_eval, stage_split, to_frozen_bn, to_sync_bn
-from ._plan import level_specs, plan_backbone
+from ._plan import level_specs, plan_backbone, unknown_options_message
 from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
 from ._specs import FeatureSpec, format_specs
 from ._timm import create_features
@@ -83,7 +82,7 @@ class TimmBackbone(BaseModule):
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  **unknown: Any) -> None:
         if unknown:
-            raise TypeError(_unknown_options_message(type(self).__name__, unknown))
+            raise TypeError(unknown_options_message(list(unknown)))
         super().__init__(init_cfg=init_cfg)
         if not isinstance(pretrained, (bool, str)):
             raise TypeError(f'pretrained must be False, True or a file path, got {pretrained!r}')
@@ -248,19 +247,3 @@ def _enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
     except (AssertionError, NotImplementedError) as err:
         raise ValueError(f'with_cp=True is not supported for {model_name!r}: timm raised '
                          f'{type(err).__name__}: {err}. Use with_cp=False.') from err
-
-
-_OPTIONS = ('model_name', 'out_indices', 'output_stride', 'in_channels', 'pretrained',
-            'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp', 'drop_path_rate',
-            'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels',
-            'init_cfg')
-
-
-def _unknown_options_message(cls_name: str, unknown: Dict[str, Any]) -> str:
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, _OPTIONS, n=1)
-        parts.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
-    return (f'{cls_name} got unknown option(s) {", ".join(parts)}. Its options: '
-            f'{", ".join(_OPTIONS)}; other timm.create_model arguments go in '
-            f'model_kwargs=dict(...).')

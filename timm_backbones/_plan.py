@@ -2,6 +2,7 @@
 the chosen outputs and their specs. `TimmBackbone` builds from a plan, and `feature_specs(cfg)`
 reads one, so the two always agree.
 """
+import difflib
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -220,6 +221,18 @@ _SHAPE_OPTIONS = ('out_indices', 'output_stride', 'in_channels', 'drop_path_rate
                   'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels')
 _OTHER_OPTIONS = ('pretrained', 'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp',
                   'init_cfg')
+OPTIONS = ('model_name',) + _SHAPE_OPTIONS + _OTHER_OPTIONS  # every TimmBackbone option
+
+
+def unknown_options_message(unknown: Sequence[str]) -> str:
+    """The TypeError text for options TimmBackbone does not have, with close matches."""
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, OPTIONS, n=1)
+        parts.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return (f'TimmBackbone got unknown option(s) {", ".join(parts)}. Its options: '
+            f'{", ".join(OPTIONS)}; other timm.create_model arguments go in '
+            f'model_kwargs=dict(...).')
 
 
 def timm_model_name(cfg: Any) -> Optional[str]:
@@ -256,10 +269,9 @@ def plan_from_config(cfg: Any) -> BackbonePlan:
         raise ValueError(f"not a timm backbone config (type must be 'TimmBackbone' or "
                          f"'timm.<arch>'): {cfg!r}")
     options = {k: v for k, v in cfg.items() if k not in ('type', 'model_name')}
-    unknown = [k for k in options if k not in _SHAPE_OPTIONS + _OTHER_OPTIONS]
+    unknown = [k for k in options if k not in OPTIONS]
     if unknown:
-        raise TypeError(f'TimmBackbone got unknown option(s) {unknown}; options: '
-                        f'{", ".join(_SHAPE_OPTIONS + _OTHER_OPTIONS)}.')
+        raise TypeError(unknown_options_message(unknown))
     shape = {k: _plain(v) for k, v in options.items() if k in _SHAPE_OPTIONS}
     return plan_backbone(model_name, **shape)
 
