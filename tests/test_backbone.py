@@ -8,7 +8,7 @@ import timm
 import torch
 from mmdet.registry import MODELS
 from mmengine.logging import HistoryBuffer
-from representative import HOOK_BASED, NON_SQUARE, REPRESENTATIVE
+from helpers import HOOK_BASED, NON_SQUARE, REPRESENTATIVE
 from torch import nn
 
 import timm_backbones  # noqa: F401  (registers the modules)
@@ -33,8 +33,13 @@ def test_outputs_match_specs_non_square(name):
     with torch.no_grad():
         outs = backbone(torch.rand(1, 3, *NON_SQUARE))
     _check_outputs(backbone, outs, NON_SQUARE)
-    # the same specs without weights, from the config alone
-    assert feature_specs(dict(type='TimmBackbone', model_name=name)) == backbone.feature_specs
+    # the specs computed without weights, from the config alone, are those of the real timm
+    # model (its own feature_info at the returned levels) and of the real outputs
+    specs = feature_specs(dict(type='TimmBackbone', model_name=name))
+    real = backbone.model.feature_info.get_dicts(keys=('num_chs', 'reduction'))
+    assert [(s.channels, s.stride) for s in specs] == [(d['num_chs'], d['reduction'])
+                                                       for d in real]
+    assert [s.channels for s in specs] == [o.shape[1] for o in outs]
     assert backbone.out_channels == [s.channels for s in backbone.feature_specs]
     assert backbone.out_strides == [s.stride for s in backbone.feature_specs]
 
@@ -52,8 +57,13 @@ def test_both_registry_spellings(name):
 
 
 def test_every_architecture_is_registered():
+    # the pinned timm 1.0.31 has 1371 architectures; each is reachable as `timm.<arch>` through
+    # mmdet's registry (scope split at the first dot), and builds the named model
     from timm_backbones import TIMM_MODELS
-    assert set(TIMM_MODELS.module_dict) == set(timm.list_models())
+    assert timm.__version__ != '1.0.31' or len(TIMM_MODELS.module_dict) == 1371
+    for arch in ('resnet50', 'convnext_tiny', 'vit_base_patch16_224', timm.list_models()[-1]):
+        assert MODELS.get(f'timm.{arch}') is TIMM_MODELS.module_dict[arch]
+    assert MODELS.build(dict(type='timm.resnet18')).model_name == 'resnet18'
 
 
 def test_pretrained_tag_as_model_name():
@@ -105,7 +115,7 @@ def test_frozen_stages_zero_is_stem_only():
                                   'mobilenetv3_large_100', 'densenet121'])
 def test_norm_eval_keeps_running_stats(name):
     backbone = TimmBackbone(name, norm_eval=True).train()
-    norms = [m for m in backbone.modules() if isinstance(m, timm_backbones._freeze.NORM_TYPES)]
+    norms = [m for m in backbone.modules() if isinstance(m, timm_backbones._norms.NORM_TYPES)]
     assert norms and all(not m.training for m in norms)
     before = _bn_stats(backbone)
     backbone(torch.rand(2, 3, 96, 96))
@@ -158,7 +168,7 @@ def test_with_cp_same_outputs_and_grads(name):
     ref.train()
     cp.train()
     for m in list(ref.modules()) + list(cp.modules()):
-        if isinstance(m, timm_backbones._freeze.NORM_TYPES):
+        if isinstance(m, timm_backbones._norms.NORM_TYPES):
             m.eval()
     calls = {id(ref): 0, id(cp): 0}  # checkpointing must really recompute in backward
     for model in (ref, cp):
@@ -265,51 +275,72 @@ def test_drop_path_rate_and_model_kwargs():
     assert gammas and all(torch.all(g == 0.5) for g in gammas)
 
 
-# ---- bad input: one block per rule, each checking the hint -------------------------------------
+# ---- bad input: one case per rule, each checking the hint ---------------------------------------
 
-def test_bad_inputs():
-    with pytest.raises(ValueError, match='Did you mean: resnet50'):
-        TimmBackbone('resnet5O')  # unknown model names list close matches
-    with pytest.raises(ValueError, match="has the tags .*'resnet18.a1_in1k'"):
-        TimmBackbone('resnet18.nope')  # unknown pretrained tag lists the tags
-    with pytest.raises(ValueError, match=r'(?s)out of range.*valid indices -5..4.*channels=512'):
-        TimmBackbone('resnet18', out_indices=(1, 5))  # out_indices within the levels
-    with pytest.raises(ValueError, match='name a level twice'):
-        TimmBackbone('resnet18', out_indices=(4, -1))  # no duplicates
-    with pytest.raises(TypeError, match='list/tuple of ints'):
-        TimmBackbone('resnet18', out_indices=3)  # a sequence, not an int
-    with pytest.raises(ValueError, match='output_stride must be one of'):
-        TimmBackbone('resnet18', output_stride=12)  # 8, 16, 32
-    with pytest.raises(ValueError, match="'vit_tiny_patch16_224' does not support "
-                                         'output_stride=8.*native output stride 16'):
-        TimmBackbone('vit_tiny_patch16_224', output_stride=8)  # TypeError inside timm
-    with pytest.raises(ValueError, match="'dla34' does not support output_stride=16"):
-        TimmBackbone('dla34', output_stride=16)  # bare AssertionError inside timm
-    with pytest.raises(ValueError, match=r'(?s)frozen_stages=7 out of range.*1\.\.5'):
-        TimmBackbone('resnet18', frozen_stages=7)
-    with pytest.raises(ValueError, match='frozen_stages=2 is not available for '
-                                         "'hrnet_w18_small'.*frozen_stages=-1"):
-        TimmBackbone('hrnet_w18_small', frozen_stages=2)  # stages not locatable
-    with pytest.raises(TypeError, match=r"TimmBackbone got unknown option\(s\) 'out_indice' "
-                                        r"\(did you mean 'out_indices'\?\)"):
-        TimmBackbone('resnet18', out_indice=(1, 2))  # unknown options are named
-    with pytest.raises(ValueError, match="model_kwargs may not contain 'in_chans'.*in_channels"):
-        TimmBackbone('resnet18', model_kwargs=dict(in_chans=1))  # managed arguments
-    with pytest.raises(FileNotFoundError, match='no such file'):
-        TimmBackbone('resnet18', pretrained='/nonexistent/weights.pth')
-    with pytest.raises(ValueError, match='in_channels must be a positive int'):
-        TimmBackbone('resnet18', in_channels=0)
-    with pytest.raises(TypeError, match=r"unknown option\(s\) 'norm_evl' \(did you mean "
-                                        r"'norm_eval'\?\)"):
-        feature_specs(dict(type='timm.resnet18', norm_evl=True))  # configs: the same rule
-    with pytest.raises(TypeError, match="names the model already"):
-        MODELS.build(dict(type='timm.resnet18', model_name='resnet50'))
-    with pytest.raises(ValueError, match='frozen_bn=True and sync_bn=True exclude each other'):
-        TimmBackbone('resnet18', frozen_bn=True, sync_bn=True)
+def _rule(rule, build, error, match):
+    return pytest.param(build, error, match, id=rule)
+
+
+BAD_INPUTS = [
+    _rule('unknown model names list close matches',
+          lambda: TimmBackbone('resnet5O'), ValueError, 'Did you mean: resnet50'),
+    _rule('unknown pretrained tag lists the tags',
+          lambda: TimmBackbone('resnet18.nope'), ValueError, "has the tags .*'resnet18.a1_in1k'"),
+    _rule('out_indices within the levels',
+          lambda: TimmBackbone('resnet18', out_indices=(1, 5)), ValueError,
+          r'(?s)out of range.*valid indices -5..4.*channels=512'),
+    _rule('out_indices name each level once',
+          lambda: TimmBackbone('resnet18', out_indices=(4, -1)), ValueError, 'name a level twice'),
+    _rule('out_indices is a sequence',
+          lambda: TimmBackbone('resnet18', out_indices=3), TypeError, 'list/tuple of ints'),
+    _rule('output_stride is 8, 16 or 32',
+          lambda: TimmBackbone('resnet18', output_stride=12), ValueError,
+          'output_stride must be one of'),
+    _rule('output_stride unsupported (TypeError inside timm)',
+          lambda: TimmBackbone('vit_tiny_patch16_224', output_stride=8), ValueError,
+          "'vit_tiny_patch16_224' does not support output_stride=8.*native output stride 16"),
+    _rule('output_stride unsupported (bare AssertionError inside timm)',
+          lambda: TimmBackbone('dla34', output_stride=16), ValueError,
+          "'dla34' does not support output_stride=16"),
+    _rule('frozen_stages within the stages',
+          lambda: TimmBackbone('resnet18', frozen_stages=7), ValueError,
+          r'(?s)frozen_stages=7 out of range.*1\.\.5'),
+    _rule('frozen_stages needs locatable stages',
+          lambda: TimmBackbone('hrnet_w18_small', frozen_stages=2), ValueError,
+          "frozen_stages=2 is not available for 'hrnet_w18_small'.*frozen_stages=-1"),
+    _rule('unknown options are named with close matches',
+          lambda: TimmBackbone('resnet18', out_indice=(1, 2)), TypeError,
+          r"TimmBackbone got unknown option\(s\) 'out_indice' \(did you mean 'out_indices'\?\)"),
+    _rule('unknown options in configs too',
+          lambda: feature_specs(dict(type='timm.resnet18', norm_evl=True)), TypeError,
+          r"unknown option\(s\) 'norm_evl' \(did you mean 'norm_eval'\?\)"),
+    _rule('model_kwargs may not set managed arguments',
+          lambda: TimmBackbone('resnet18', model_kwargs=dict(in_chans=1)), ValueError,
+          "model_kwargs may not contain 'in_chans'.*in_channels"),
+    _rule('pretrained file must exist',
+          lambda: TimmBackbone('resnet18', pretrained='/nonexistent/weights.pth'),
+          FileNotFoundError, 'no such file'),
+    _rule('in_channels is a positive int',
+          lambda: TimmBackbone('resnet18', in_channels=0), ValueError,
+          'in_channels must be a positive int'),
+    _rule('timm.<arch> names the model already',
+          lambda: MODELS.build(dict(type='timm.resnet18', model_name='resnet50')), TypeError,
+          'names the model already'),
+    _rule('frozen_bn and sync_bn exclude each other',
+          lambda: TimmBackbone('resnet18', frozen_bn=True, sync_bn=True), ValueError,
+          'frozen_bn=True and sync_bn=True exclude each other'),
+]
+
+
+@pytest.mark.parametrize('build, error, match', BAD_INPUTS)
+def test_bad_input(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
 def test_feature_specs_fall_back_to_a_cpu_build(monkeypatch):
     # a model that cannot be built on the meta device still gets its specs (from a CPU build)
+    import timm_backbones._probe as probe_mod
     import timm_backbones._timm as timm_mod
     real_create = timm_mod._create
 
@@ -319,8 +350,8 @@ def test_feature_specs_fall_back_to_a_cpu_build(monkeypatch):
         return real_create(model_name, kwargs, out_indices, meta, pretrained)
 
     monkeypatch.setattr(timm_mod, '_create', no_meta)
-    monkeypatch.setattr(timm_mod, '_PROBE_CACHE', {})
-    monkeypatch.setattr(timm_mod, '_INPUT_CACHE', {})
+    probe_mod.clear_caches()
     specs = feature_specs(dict(type='timm.regnety_002', in_channels=2))
     assert [s.stride for s in specs] == [4, 8, 16, 32]
-    assert specs == TimmBackbone('regnety_002', in_channels=2).feature_specs
+    assert [s.channels for s in specs] == [24, 56, 152, 368]  # regnety_002's widths
+    assert TimmBackbone('regnety_002', in_channels=2).feature_specs == specs

@@ -112,6 +112,13 @@ def test_forward_on_one_image(name):
     assert any(p.grad is not None for p in model.backbone.parameters())
 
 
+# timm's efficientnet_b3 levels (channels, stride), written out: the expectation must not come
+# from the code under test
+EFFICIENTNET_B3 = ((24, 2), (32, 4), (48, 8), (136, 16), (384, 32))
+# how each shipped neck type takes its in_channels: one per level, or the last level's only
+LAST_LEVEL_ONLY = ('DilatedEncoder',)
+
+
 @pytest.mark.parametrize('name', CONFIGS)
 def test_swapping_the_backbone_from_the_command_line(name):
     # `--cfg-options model.backbone.model_name=efficientnet_b3` on any config just works:
@@ -119,9 +126,16 @@ def test_swapping_the_backbone_from_the_command_line(name):
     cfg = load(name)
     cfg.merge_from_dict({'model.backbone.model_name': 'efficientnet_b3'})
     resolved = resolve_config(cfg)
-    backbone = TimmBackbone(**{k: v for k, v in resolved.model.backbone.items() if k != 'type'})
-    neck = resolved.model.get('neck')
-    if isinstance(neck, dict) and 'in_channels' in neck:
-        expected = backbone.out_channels
-        got = neck['in_channels']
-        assert got == expected or got == expected[-1] or got == expected[::-1], (got, expected)
+    indices = resolved.model.backbone.get('out_indices') or (1, 2, 3, 4)  # default: last four
+    levels = [EFFICIENTNET_B3[i] for i in indices]
+    neck = resolved.model.neck
+    expected = levels[-1][0] if neck.type in LAST_LEVEL_ONLY else [c for c, _ in levels]
+    assert neck.in_channels == expected
+    if neck.type in ('FPN', 'CSPNeXtPAFPN', 'ChannelMapper'):  # one output per input level
+        start = neck.get('start_level', 0)
+        head = resolved.model.get('bbox_head') or resolved.model.get('rpn_head')
+        strides = (head.get('anchor_generator') or head.get('prior_generator') or head).get(
+            'strides')
+        if strides is not None:  # the first head strides are the levels the neck reads
+            first = [t if isinstance(t, int) else t[0] for t in strides[:len(levels) - start]]
+            assert first == [t for _, t in levels[start:]]

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from timm_backbones import _hooks
-from timm_backbones._hooks import LossCurveHook
+from timm_backbones.engine import _hooks
+from timm_backbones.engine._hooks import LossCurveHook
 
 
 def _train(hook, runner, start, stop):

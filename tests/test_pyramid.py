@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from representative import PLAIN
+from helpers import PLAIN
 
 from timm_backbones import TimmBackbone, feature_specs
 
@@ -26,10 +26,12 @@ def test_plain_models_get_a_true_pyramid(name):
     with torch.no_grad():
         outs = backbone(torch.rand(1, 3, *SIZE))
     _exact_shapes(backbone, outs, SIZE)
-    assert feature_specs(dict(type='TimmBackbone', model_name=name)) == backbone.feature_specs
-    # ViTDet channels: halved per 2x upsampling
-    c = backbone.levels[-1].channels
-    assert backbone.out_channels == [c // 4, c // 2, c, c]
+    # ViTDet channels, halved per 2x upsampling, from the real model's last level; the specs
+    # computed without weights say the same
+    c = backbone.model.feature_info.info[-1]['num_chs']
+    assert [o.shape[1] for o in outs] == [c // 4, c // 2, c, c]
+    specs = feature_specs(dict(type='TimmBackbone', model_name=name))
+    assert [(s.channels, s.stride) for s in specs] == [(c // 4, 4), (c // 2, 8), (c, 16), (c, 32)]
 
 
 def test_pyramid_layouts_and_options():

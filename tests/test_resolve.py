@@ -1,8 +1,6 @@
 """resolve_config: where it finds timm backbones, what it fills (heads, RoI extractors, DETR
 attention), and one block per error rule, each checking the hint in the message."""
 import copy
-import importlib.util
-import os
 
 import pytest
 import torch
@@ -11,21 +9,12 @@ from mmdet.utils import register_all_modules
 from mmengine.config import Config
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones._resolve import has_timm_backbone, resolve_config
+from helpers import mmdet_config, timm
+from timm_backbones import has_timm_backbone, resolve_config
 
 torch.set_num_threads(2)
 register_all_modules()
 
-_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
-                        '.mim', 'configs')
-
-
-def mmdet_config(path):
-    return Config.fromfile(os.path.join(_CONFIGS, path))
-
-
-def timm(name, out_indices, **kwargs):
-    return dict(type='TimmBackbone', model_name=name, out_indices=out_indices, **kwargs)
 
 
 def retinanet(backbone, **neck):
@@ -294,7 +283,7 @@ def test_rejects_non_config():
 
 
 def test_pad_size_divisor_auto_and_too_small():
-    from timm_backbones._resolve import resolve_config as resolve
+    from timm_backbones import resolve_config as resolve
     model = dict(type='RetinaNet',
                  data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor='auto'),
                  backbone=dict(type='TimmBackbone', model_name='maxvit_tiny_tf_224'),
@@ -311,7 +300,8 @@ def test_pad_size_divisor_auto_and_too_small():
 
 def test_auto_pyramid_builds_only_the_levels_the_neck_reads():
     # RetinaNet's FPN reads levels 1.. (start_level=1): a plain model's automatic pyramid then
-    # makes strides 8-32 only (a stride-4 branch would get no gradient and break DDP)
+    # builds strides 8-32 only and passes its source through at level 0 (a stride-4 branch
+    # would get no gradient and break DDP); the neck's explicit start_level is not touched
     model = dict(type='RetinaNet',
                  backbone=dict(type='TimmBackbone', model_name='vit_tiny_patch16_224'),
                  neck=dict(type='FPN', in_channels='auto', out_channels=64, start_level=1,
@@ -321,13 +311,19 @@ def test_auto_pyramid_builds_only_the_levels_the_neck_reads():
                                                       octave_base_scale=4, scales_per_octave=3,
                                                       ratios=[1.0])))
     resolved = resolve_config(dict(model=model))['model']
-    assert resolved['backbone']['pyramid_strides'] == [8, 16, 32]
-    assert resolved['neck']['start_level'] == 0
-    assert resolved['neck']['in_channels'] == [96, 192, 192]
+    assert resolved['backbone']['pyramid_strides'] == [None, 8, 16, 32]
+    assert resolved['neck']['start_level'] == 1
+    assert resolved['neck']['in_channels'] == [192, 96, 192, 192]
     assert resolved['bbox_head']['anchor_generator']['strides'] == [8, 16, 32, 64, 128]
     assert resolve_config(dict(model=resolved))['model'] == resolved  # idempotent
+    backbone = MODELS.build(resolved['backbone'])
+    assert list(backbone.pyramid.branches[0].parameters()) == []  # nothing left untrained
+    outs = backbone(torch.rand(1, 3, 64, 96))
+    assert [tuple(o.shape[1:]) for o in outs] == [(192, 4, 6), (96, 8, 12), (192, 4, 6),
+                                                 (192, 2, 3)]
     model['backbone']['pyramid_strides'] = (4, 8, 16, 32)  # written by the user: kept
-    assert resolve_config(dict(model=model))['model']['neck']['start_level'] == 1
+    assert resolve_config(dict(model=model))['model']['backbone']['pyramid_strides'] == \
+        (4, 8, 16, 32)
 
 
 def test_pad_size_divisor_auto_fits_a_fixed_size_model():

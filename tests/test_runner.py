@@ -3,7 +3,6 @@ the backbone's `sync_bn` option and the runner's `sync_bn='torch'`), frozen stag
 configs are resolved before building, checkpoints load weights-only, `init_detector`."""
 import copy
 import pickle
-import socket
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from torch import nn
 
 from timm_backbones import (TimmBackbone, TimmBackboneRunner, build_detector, init_detector,
                             resolve_config)
+from helpers import free_port
 from timm_backbones._checkpoint import checkpoint_loading
-from timm_backbones._syncbn import convert_sync_batchnorm, revert_sync_batchnorm
+from timm_backbones._norms import convert_sync_batchnorm, revert_sync_batchnorm
 
 torch.set_num_threads(2)
 register_all_modules()
@@ -87,12 +87,6 @@ def _flatten(x):
 def norm_types(model):
     return {type(m).__name__ for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

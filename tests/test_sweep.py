@@ -9,15 +9,7 @@ import pytest
 import timm
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones._plan import plan_backbone
-from timm_backbones._sweep import check_architecture
-
-
-def _plain(name):
-    try:
-        return len({s.stride for s in plan_backbone(name, pyramid=None).levels}) == 1
-    except (ValueError, TypeError):
-        return False
+from timm_backbones.sweep import check_architecture, is_plain
 
 
 @pytest.mark.slow
@@ -25,7 +17,7 @@ def _plain(name):
 def test_architecture_wires_into_retinanet(name):
     result = check_architecture(name, frozen=False)
     assert result.status in ('ok', 'rejected'), result.reason
-    if result.status == 'ok' and _plain(name):
+    if result.status == 'ok' and is_plain(name):
         assert result.strides == [4, 8, 16, 32]  # a true pyramid, not four stride-16 maps
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from timm_backbones import _synthetic_data
-from timm_backbones._synthetic_data import (SHAPE_CLASSES, SyntheticCocoMetric,
+from timm_backbones.data import _synthetic as _synthetic_data
+from timm_backbones.data._synthetic import (SHAPE_CLASSES, SyntheticCocoMetric,
                                             SyntheticShapesDataset, make_synthetic_coco)
 
 SMALL = dict(num_train=12, num_val=4, img_size=(128, 160), obj_size=(12, 64))

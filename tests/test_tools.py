@@ -4,7 +4,6 @@ the weights of an uninterrupted one."""
 import importlib.util
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,9 +11,9 @@ import textwrap
 import pytest
 import torch
 
-from timm_backbones._runner import checkpoint_loading
+from helpers import ROOT, free_port
+from timm_backbones._checkpoint import checkpoint_loading
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MMDET_TOOLS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
                            '.mim', 'tools')
 TIMEOUT = 300
@@ -66,12 +65,6 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, in
 log_processor = dict(by_epoch=False)
 randomness = dict(seed=0, deterministic=True)
 """
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def run(args, **env):

@@ -9,7 +9,8 @@ from timm.models import FeatureHookNet
 from torch import Tensor, nn
 
 from ._checkpoint import checkpoint_loading
-from ._freeze import find_module, set_norm_eval, stage_split, to_frozen_bn, to_sync_bn
+from ._freeze import find_module, stage_split
+from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
 from ._plan import level_specs, plan_backbone, unknown_options_message
 from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
 from ._specs import FeatureSpec, format_specs
@@ -51,6 +52,9 @@ class TimmBackbone(BaseModule):
         pyramid_strides: Output strides of the pyramid. One source level (the default, the
             last level, as in ViTDet) feeds every stride; n levels feed the n deepest strides,
             in order (e.g. out_indices=(3, 5, 7, 11) -> 4, 8, 16, 32; (-3, -2, -1) -> 8, 16, 32).
+            A None entry is a level the neck does not read: the source map is passed through
+            unchanged (no parameters); `resolve_config` writes these for necks such as
+            RetinaNet's FPN (start_level=1) when the config leaves pyramid_strides out.
         pyramid_channels: None: ViTDet channels (halved per 2x upsampling); an int: every
             pyramid output projected to that many channels.
         init_cfg: mmengine init config, e.g. `dict(type='Pretrained', checkpoint=path,
@@ -77,7 +81,7 @@ class TimmBackbone(BaseModule):
                  model_kwargs: Optional[Dict[str, Any]] = None,
                  input_size: Union[str, Sequence[int]] = 'any',
                  pyramid: Optional[str] = 'auto',
-                 pyramid_strides: Sequence[int] = DEFAULT_PYRAMID_STRIDES,
+                 pyramid_strides: Sequence[Optional[int]] = DEFAULT_PYRAMID_STRIDES,
                  pyramid_channels: Optional[int] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  **unknown: Any) -> None:
@@ -109,12 +113,17 @@ class TimmBackbone(BaseModule):
                                          [s.stride for s in sources], plan.pyramid_strides,
                                          plan.pyramid_channels)
         built = level_specs(self.model.feature_info.info)
-        assert built == self.levels, f'meta {self.levels} and real {built} feature_info differ'
+        if built != self.levels:
+            raise RuntimeError(
+                f"timm's feature_info for {model_name!r} differs between the meta-device build "
+                f'that planned this backbone and the real build:\nplanned:\n'
+                f'{format_specs(self.levels)}\nbuilt:\n{format_specs(built)}\nThis is a bug '
+                f'in timm_backbones or timm; please report it with the model name and options.')
 
         if frozen_bn:
             self.model = to_frozen_bn(self.model)
         if sync_bn:
-            self.model = to_sync_bn(self.model)
+            self.model = convert_sync_batchnorm(self.model)
         if with_cp:
             _enable_grad_checkpointing(self.model, model_name)
         self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode

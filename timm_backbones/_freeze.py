@@ -1,22 +1,13 @@
-"""Generic freezing and normalization handling for timm feature extractors.
+"""Generic stage freezing for timm feature extractors (`frozen_stages`).
 
-Nothing here knows a model family: stages are located from `feature_info` module names in the
-order modules are registered, and batch norms are converted with timm's own BN-aware converters
-(which keep the activation fused into `BatchNormAct2d`).
+Nothing here knows a model family: stages are located from `feature_info` module names, in the
+order modules are registered. Norm layers are `_norms.py`'s.
 """
 from typing import List, Sequence, Tuple
 
-from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import nn
-from torch.nn.modules.batchnorm import _NormBase
 
-__all__ = ['NORM_TYPES', 'find_module', 'stage_split', 'set_norm_eval', 'to_frozen_bn',
-           'to_sync_bn']
-
-# Every normalization layer, timm's BatchNormAct2d / SyncBatchNormAct (subclasses of _NormBase)
-# included. GroupNorm / LayerNorm behave the same in both modes, but users asking for norm_eval
-# expect to find them in eval mode too.
-NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+__all__ = ['find_module', 'stage_split']
 
 
 def find_module(model: nn.Module, name: str) -> str:
@@ -101,21 +92,3 @@ def _subtree_end(names: List[str], i: int) -> int:
     while j + 1 < len(names) and names[j + 1].startswith(prefix):
         j += 1
     return j
-
-
-def set_norm_eval(model: nn.Module) -> None:
-    """Put every normalization layer of `model` in eval mode (running stats stop moving)."""
-    for m in model.modules():
-        if isinstance(m, NORM_TYPES):
-            m.eval()
-
-
-def to_frozen_bn(model: nn.Module) -> nn.Module:
-    """Replace BatchNorm2d / BatchNormAct2d by timm's frozen versions (fused acts kept)."""
-    return freeze_batch_norm_2d(model)
-
-
-def to_sync_bn(model: nn.Module) -> nn.Module:
-    """Replace batch norms by SyncBatchNorm with timm's converter, which turns BatchNormAct2d
-    into SyncBatchNormAct (torch's own converter drops the fused activation)."""
-    return convert_sync_batchnorm(model)

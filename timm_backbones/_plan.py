@@ -6,12 +6,15 @@ import difflib
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
+from ._configs import timm_model_name, to_plain
+from ._probe import probe, probe_input, supports_kwargs
+from ._pyramid import DEFAULT_PYRAMID_STRIDES, plan_pyramid, pyramid_channels
 from ._specs import FeatureSpec, format_specs
-from ._pyramid import DEFAULT_PYRAMID_STRIDES, PYRAMID_MODES, pyramid_channels
-from ._timm import probe, probe_input, supports_kwargs, timm_kwargs
+from ._timm import timm_kwargs
 
 __all__ = ['BackbonePlan', 'plan_backbone', 'plan_from_config', 'feature_specs',
-           'timm_model_name', 'resolve_out_indices', 'level_specs', 'INPUT_SIZES']
+           'resolve_out_indices', 'level_specs', 'INPUT_SIZES', 'OPTIONS',
+           'unknown_options_message']
 
 INPUT_SIZES = ('any', 'fixed')
 
@@ -34,7 +37,8 @@ class BackbonePlan:
         levels: One spec per timm feature level (all of `feature_info`).
         output_format: Layout timm returns ('NCHW' or 'NHWC').
         out_indices: Absolute levels requested, in output order (pyramid: its sources).
-        pyramid_strides: Output strides of the simple pyramid, or () without one.
+        pyramid_strides: Output strides of the simple pyramid (None: a level passed through,
+            see `SimplePyramid`), or () without one.
         pyramid_channels: The pyramid's channel option (see `SimplePyramid`).
         pad_divisor: Input sides must be multiples of this (1: any size).
         fixed_size: (H, W) of a model that only runs at one size (inputs are padded to it).
@@ -44,7 +48,7 @@ class BackbonePlan:
     levels: Tuple[FeatureSpec, ...]
     output_format: str
     out_indices: Tuple[int, ...]
-    pyramid_strides: Tuple[int, ...] = ()
+    pyramid_strides: Tuple[Optional[int], ...] = ()
     pyramid_channels: Optional[int] = None
     pad_divisor: int = 1
     fixed_size: Optional[Tuple[int, int]] = None
@@ -62,7 +66,7 @@ class BackbonePlan:
             return tuple(replace(s, pad_divisor=self.pad_divisor) for s in sources)
         channels = pyramid_channels([s.channels for s in sources], [s.stride for s in sources],
                                     self.pyramid_strides, self.pyramid_channels)
-        return tuple(FeatureSpec(channels=c, stride=t, index=s.index,
+        return tuple(FeatureSpec(channels=c, stride=s.stride if t is None else t, index=s.index,
                                  module=f'pyramid.branches.{i}', pad_divisor=self.pad_divisor)
                      for i, (c, t, s) in enumerate(zip(channels, self.pyramid_strides, sources)))
 
@@ -143,7 +147,7 @@ def plan_backbone(model_name: str,
                   model_kwargs: Optional[Dict[str, Any]] = None,
                   input_size: Union[str, Sequence[int]] = 'any',
                   pyramid: Optional[str] = 'auto',
-                  pyramid_strides: Sequence[int] = DEFAULT_PYRAMID_STRIDES,
+                  pyramid_strides: Sequence[Optional[int]] = DEFAULT_PYRAMID_STRIDES,
                   pyramid_channels: Optional[int] = None) -> BackbonePlan:
     """Plan a backbone from TimmBackbone's shape-related options (meta-device builds, cached).
 
@@ -172,48 +176,14 @@ def plan_backbone(model_name: str,
         found = probe(model_name, kwargs)
     levels = level_specs(found.levels)
     rule = probe_input(model_name, kwargs)
-    indices, strides = _plan_pyramid(model_name, levels, out_indices, pyramid, pyramid_strides,
-                                     pyramid_channels)
+    indices, strides = plan_pyramid(model_name, levels,
+                                    resolve_out_indices(out_indices, levels, model_name),
+                                    out_indices is not None, pyramid, pyramid_strides,
+                                    pyramid_channels)
     return BackbonePlan(model_name=model_name, kwargs=kwargs, levels=levels,
                         output_format=found.output_format, out_indices=indices,
                         pyramid_strides=strides, pyramid_channels=pyramid_channels,
                         pad_divisor=rule.pad_divisor, fixed_size=rule.fixed_size)
-
-
-def _plan_pyramid(model_name: str, levels: Tuple[FeatureSpec, ...],
-                  out_indices: Optional[Sequence[int]], pyramid: Optional[str],
-                  strides: Sequence[int], channels: Optional[int]
-                  ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """(source levels in output order, pyramid strides or ()) for the pyramid options."""
-    if pyramid is False:
-        pyramid = None
-    if pyramid not in PYRAMID_MODES:
-        raise ValueError(f"pyramid must be 'auto', 'simple' or None, got {pyramid!r}")
-    indices = resolve_out_indices(out_indices, levels, model_name)
-    same_stride = len({s.stride for s in levels}) == 1
-    wanted = pyramid == 'simple' or (
-        pyramid == 'auto' and same_stride and (out_indices is None or len(indices) > 1))
-    if not wanted:
-        return indices, ()
-    if not same_stride:
-        raise ValueError(
-            f"pyramid='simple' needs a plain model whose levels share one stride; "
-            f"{model_name!r} is hierarchical (strides {sorted({s.stride for s in levels})}). "
-            f"Use pyramid=None: its levels already form a pyramid.")
-    strides = tuple(strides)
-    if not strides or not all(isinstance(t, int) and t > 0 for t in strides) or \
-            list(strides) != sorted(set(strides)):
-        raise ValueError(f'pyramid_strides must be increasing positive ints, got {strides!r}')
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise ValueError(f'pyramid_channels must be None or a positive int, got {channels!r}')
-    if out_indices is None or len(indices) == 1:  # ViTDet: the last level feeds every stride
-        return (indices[-1],) * len(strides), strides
-    if len(indices) > len(strides):
-        raise ValueError(
-            f'pyramid: {len(indices)} source levels (out_indices={tuple(out_indices)}) for '
-            f'{len(strides)} pyramid_strides {strides}; give one level (it feeds every stride) '
-            f'or at most one level per stride.')
-    return indices, strides[len(strides) - len(indices):]  # n levels: the n deepest strides
 
 
 # TimmBackbone options that change its outputs, and those that do not (weights, training).
@@ -235,33 +205,6 @@ def unknown_options_message(unknown: Sequence[str]) -> str:
             f'model_kwargs=dict(...).')
 
 
-def timm_model_name(cfg: Any) -> Optional[str]:
-    """The timm model a backbone config builds, or None if it is not a TimmBackbone config.
-
-    Args:
-        cfg: A config dict (`dict(type='TimmBackbone', model_name=...)` or
-            `dict(type='timm.<arch>', ...)`).
-
-    Example:
-        >>> timm_model_name(dict(type='timm.resnet50'))
-        'resnet50'
-    """
-    if not hasattr(cfg, 'get'):
-        return None
-    kind = cfg.get('type')
-    if isinstance(kind, type):
-        kind = kind.__name__
-    if not isinstance(kind, str):
-        return None
-    if kind.split('.')[-1] == 'TimmBackbone':
-        if 'model_name' not in cfg:
-            raise ValueError(f"a TimmBackbone config needs model_name, got {dict(cfg)}")
-        return cfg['model_name']
-    if kind.startswith('timm.'):
-        return kind[len('timm.'):]
-    return None
-
-
 def plan_from_config(cfg: Any) -> BackbonePlan:
     """The plan of a TimmBackbone config (see `timm_model_name` for the accepted forms)."""
     model_name = timm_model_name(cfg)
@@ -272,7 +215,7 @@ def plan_from_config(cfg: Any) -> BackbonePlan:
     unknown = [k for k in options if k not in OPTIONS]
     if unknown:
         raise TypeError(unknown_options_message(unknown))
-    shape = {k: _plain(v) for k, v in options.items() if k in _SHAPE_OPTIONS}
+    shape = {k: to_plain(v) for k, v in options.items() if k in _SHAPE_OPTIONS}
     return plan_backbone(model_name, **shape)
 
 
@@ -289,12 +232,3 @@ def feature_specs(cfg: Any) -> Tuple[FeatureSpec, ...]:
         [64, 128, 256, 512]
     """
     return plan_from_config(cfg).specs
-
-
-def _plain(value: Any) -> Any:
-    """ConfigDict / lists from configs to plain dicts / tuples."""
-    if hasattr(value, 'to_dict'):
-        return value.to_dict()
-    if isinstance(value, list):
-        return tuple(value)
-    return value

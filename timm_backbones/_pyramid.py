@@ -1,19 +1,26 @@
-"""Simple feature pyramid (ViTDet-style) for plain models whose levels share one stride.
+"""Simple feature pyramid (ViTDet-style) for plain models whose levels share one stride: the
+module (`SimplePyramid`), its channel rule (`pyramid_channels`), which levels feed which strides
+(`plan_pyramid`) and which strides a neck leaves unread (`skip_unread`).
 
 From a map at stride s, each output at stride t is made by transposed convolutions (t < s),
 identity (t = s) or max pooling (t > s), then resized to exactly ceil(input / t) when s / t is
 not a power of two (patch-14 models). Two layouts:
   * one source level -> every stride (ViTDet: the last block feeds all scales);
   * n source levels -> n strides, level i to stride i (BEiT / mmseg multi-level style).
+A stride of None is a level the neck does not read: its source map is passed through as it is
+(no parameters, no compute), so no branch trains without gradients.
 """
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Collection, List, Optional, Sequence, Tuple
 
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
-__all__ = ['SimplePyramid', 'pyramid_channels', 'PYRAMID_MODES', 'DEFAULT_PYRAMID_STRIDES']
+from ._specs import FeatureSpec
+
+__all__ = ['SimplePyramid', 'pyramid_channels', 'plan_pyramid', 'skip_unread',
+           'PYRAMID_MODES', 'DEFAULT_PYRAMID_STRIDES']
 
 PYRAMID_MODES = ('auto', 'simple', None)
 DEFAULT_PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -27,12 +34,29 @@ def _num_steps(in_stride: int, out_stride: int) -> int:
     return -int(math.floor(math.log2(1 / ratio) + 0.5))
 
 
+def _upsampled_channels(channels: int, steps: int) -> List[int]:
+    """Channels after each 2x transposed-conv step: ViTDet halves them every step."""
+    return [channels // 2 ** (i + 1) for i in range(max(steps, 0))]
+
+
 def pyramid_channels(in_channels: Sequence[int], in_strides: Sequence[int],
-                     strides: Sequence[int], channels: Optional[int]) -> List[int]:
-    """Output channels per pyramid level (see `SimplePyramid`)."""
-    if channels is not None:
-        return [channels] * len(strides)
-    return [c // 2 ** max(_num_steps(s, t), 0) for c, s, t in zip(in_channels, in_strides, strides)]
+                     strides: Sequence[Optional[int]], channels: Optional[int]) -> List[int]:
+    """Output channels per pyramid level (see `SimplePyramid`); a skipped level (stride None)
+    keeps its source's channels.
+
+    Example:
+        >>> pyramid_channels([384] * 4, [16] * 4, (4, 8, 16, 32), None)
+        [96, 192, 384, 384]
+    """
+    out = []
+    for c, s, t in zip(in_channels, in_strides, strides):
+        if t is None:
+            out.append(c)
+        elif channels is not None:
+            out.append(channels)
+        else:
+            out.append(([c] + _upsampled_channels(c, _num_steps(s, t)))[-1])
+    return out
 
 
 class SimplePyramid(nn.Module):
@@ -41,7 +65,8 @@ class SimplePyramid(nn.Module):
     Args:
         in_channels: Channels of each source map (one per output).
         in_strides: Stride of each source map.
-        strides: Stride of each output.
+        strides: Stride of each output; None passes the source through (a level the neck
+            does not read).
         channels: If set, every output is projected to this many channels (1x1 conv +
             LayerNorm2d); if None, ViTDet's channels: halved at each 2x upsampling step.
 
@@ -52,20 +77,25 @@ class SimplePyramid(nn.Module):
     """
 
     def __init__(self, in_channels: Sequence[int], in_strides: Sequence[int],
-                 strides: Sequence[int], channels: Optional[int] = None) -> None:
+                 strides: Sequence[Optional[int]], channels: Optional[int] = None) -> None:
         super().__init__()
-        self.strides = tuple(strides)
+        # a skipped level keeps its source's stride (and is cropped like the backbone's maps)
+        self.strides = tuple(s if t is None else t for s, t in zip(in_strides, strides))
         self.branches = nn.ModuleList()
         self._exact: List[bool] = []  # power-of-two ratio: sizes match up to padding
         for c, s, t in zip(in_channels, in_strides, strides):
+            if t is None:
+                self.branches.append(nn.Identity())
+                self._exact.append(True)
+                continue
             steps = _num_steps(s, t)
             self._exact.append(s == t * 2.0 ** steps)
             layers: List[nn.Module] = []
-            for i in range(max(steps, 0)):
+            for i, out_c in enumerate(_upsampled_channels(c, steps)):
                 if i:
                     layers += [LayerNorm2d(c), nn.GELU()]
-                layers.append(nn.ConvTranspose2d(c, c // 2, kernel_size=2, stride=2))
-                c //= 2
+                layers.append(nn.ConvTranspose2d(c, out_c, kernel_size=2, stride=2))
+                c = out_c
             layers += [nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
                        for _ in range(max(-steps, 0))]
             if channels is not None:
@@ -85,3 +115,66 @@ class SimplePyramid(nn.Module):
                 y = F.interpolate(y, size=(h, w), mode='bilinear', align_corners=False)
             outs.append(y)
         return tuple(outs)
+
+
+def plan_pyramid(model_name: str, levels: Sequence[FeatureSpec], indices: Tuple[int, ...],
+                 explicit_indices: bool, pyramid: Optional[str],
+                 strides: Sequence[Optional[int]], channels: Optional[int]
+                 ) -> Tuple[Tuple[int, ...], Tuple[Optional[int], ...]]:
+    """(source levels in output order, pyramid strides or ()) for the pyramid options.
+
+    Args:
+        model_name: For error messages.
+        levels: Every level of the model.
+        indices: The resolved `out_indices`.
+        explicit_indices: Whether `out_indices` was given (None: the default levels).
+        pyramid: 'auto', 'simple' or None (see `TimmBackbone`).
+        strides: `pyramid_strides`.
+        channels: `pyramid_channels`.
+
+    Example:
+        >>> plan_pyramid('vit', [FeatureSpec(192, 16)] * 12, (8, 9, 10, 11), False, 'auto',
+        ...              (4, 8, 16, 32), None)
+        ((11, 11, 11, 11), (4, 8, 16, 32))
+    """
+    if pyramid is False:
+        pyramid = None
+    if pyramid not in PYRAMID_MODES:
+        raise ValueError(f"pyramid must be 'auto', 'simple' or None, got {pyramid!r}")
+    same_stride = len({s.stride for s in levels}) == 1
+    wanted = pyramid == 'simple' or (
+        pyramid == 'auto' and same_stride and (not explicit_indices or len(indices) > 1))
+    if not wanted:
+        return indices, ()
+    if not same_stride:
+        raise ValueError(
+            f"pyramid='simple' needs a plain model whose levels share one stride; "
+            f"{model_name!r} is hierarchical (strides {sorted({s.stride for s in levels})}). "
+            f"Use pyramid=None: its levels already form a pyramid.")
+    strides = tuple(strides)
+    built = [t for t in strides if t is not None]
+    if not built or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0
+                            for t in built) or built != sorted(set(built)):
+        raise ValueError(f'pyramid_strides must be increasing positive ints (None: a level the '
+                         f'neck does not read), got {strides!r}')
+    if channels is not None and (not isinstance(channels, int) or channels < 1):
+        raise ValueError(f'pyramid_channels must be None or a positive int, got {channels!r}')
+    if not explicit_indices or len(indices) == 1:  # ViTDet: the last level feeds every stride
+        return (indices[-1],) * len(strides), strides
+    if len(indices) > len(strides):
+        raise ValueError(
+            f'pyramid: {len(indices)} source levels (out_indices={indices}) for '
+            f'{len(strides)} pyramid_strides {strides}; give one level (it feeds every stride) '
+            f'or at most one level per stride.')
+    return indices, strides[len(strides) - len(indices):]  # n levels: the n deepest strides
+
+
+def skip_unread(strides: Sequence[Optional[int]], read: Collection[int]
+                ) -> Tuple[Optional[int], ...]:
+    """The pyramid strides with the levels a neck does not read set to None (passed through).
+
+    Example:
+        >>> skip_unread((4, 8, 16, 32), read=(1, 2, 3))
+        (None, 8, 16, 32)
+    """
+    return tuple(t if i in read else None for i, t in enumerate(strides))

@@ -1,43 +1,77 @@
-"""Per-level feature metadata: the immutable `FeatureSpec` and helpers to read it from timm.
+"""The one feature-map spec type, `FeatureSpec`, used on both sides of the wiring: backbones
+describe their outputs with it and necks describe theirs (like detectron2's `ShapeSpec`), and
+the one formatter for error messages and tables.
 
-A spec is plain data (channels, stride, timm level index, module name), one per output level, in
-output order. Backbones expose a tuple of them; `feature_specs(cfg)` computes the same tuple from a
-config without allocating weights.
+A spec is plain data, immutable, one per level, kept in output order (a tuple, never a set).
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-__all__ = ['FeatureSpec', 'format_specs']
+__all__ = ['FeatureSpec', 'SpecTuple', 'format_specs', 'size_near', 'SIZE_SLACK']
 
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """One output level of a backbone.
+    """One feature map flowing from a backbone or neck to what follows it.
 
     Args:
-        channels: Number of channels of the output map.
-        stride: Reduction of the map relative to the input image (input size / map size).
-        index: The timm feature level the output comes from (index into the model's full
-            `feature_info`); for pyramid levels, the level the pyramid was built from.
-        module: Name of the timm module producing the level (or of the pyramid branch).
-        pad_divisor: Input sizes must be a multiple of this for the model to run (1: any size).
+        channels: Number of channels of the map.
+        stride: Reduction of the map relative to the input image (input size / map size); None
+            where it depends on the input size (e.g. SSD's extra levels of unpadded convs).
+        index: For backbone outputs, the timm feature level the output comes from (index into
+            the model's full `feature_info`; for pyramid levels, the level the pyramid was built
+            from). None for neck outputs.
+        module: Name of the timm module producing the level (or of the pyramid branch); '' for
+            neck outputs.
+        pad_divisor: Input sizes must be a multiple of this for the backbone to run (1: any).
+        extra: True for levels a neck adds on top of its inputs (pooled or strided-conv levels
+            such as FPN's P6/P7); RoI extractors use the levels before these.
 
     Example:
         >>> FeatureSpec(channels=256, stride=8, index=2, module='layer2')
-        FeatureSpec(channels=256, stride=8, index=2, module='layer2', pad_divisor=1)
+        FeatureSpec(channels=256, stride=8, index=2, module='layer2', pad_divisor=1, extra=False)
     """
     channels: int
-    stride: int
-    index: int
-    module: str
+    stride: Optional[int]
+    index: Optional[int] = None
+    module: str = ''
     pad_divisor: int = 1
-
-
-def format_specs(specs: Sequence[FeatureSpec], indices: Optional[Sequence[int]] = None) -> str:
-    """One line per level, for error messages: `index: channels=..., stride=..., module=...`."""
-    indices = range(len(specs)) if indices is None else indices
-    return '\n'.join(f'  {i}: channels={s.channels}, stride={s.stride}, module={s.module!r}'
-                     for i, s in zip(indices, specs))
+    extra: bool = False
 
 
 SpecTuple = Tuple[FeatureSpec, ...]
+
+# Real maps may fall short of input / stride by a few pixels (unpadded convs: inception_v3 loses
+# ~3 px at stride 2); timm's own tests allow a margin too. One tolerance for every shape check.
+SIZE_SLACK = 0.35
+
+
+def size_near(got: int, input_size: int, stride: int) -> bool:
+    """Whether a map side of `got` pixels is what `stride` makes of `input_size` (within
+    1 + `SIZE_SLACK` x the expected size).
+
+    Example:
+        >>> size_near(109, 224, 2), size_near(56, 224, 2)
+        (True, False)
+    """
+    expected = input_size / stride
+    return abs(got - expected) <= 1 + SIZE_SLACK * expected
+
+
+def format_specs(specs: Sequence[FeatureSpec], indices: Optional[Sequence[int]] = None) -> str:
+    """One line per level, for error messages: `i: channels=..., stride=...[, module=...]`.
+
+    Args:
+        specs: The levels.
+        indices: Labels of the lines (default 0, 1, ...).
+
+    Example:
+        >>> print(format_specs([FeatureSpec(256, 8), FeatureSpec(256, 16, extra=True)]))
+          0: channels=256, stride=8
+          1: channels=256, stride=16 (extra level)
+    """
+    indices = range(len(specs)) if indices is None else indices
+    return '\n'.join(f'  {i}: channels={s.channels}, stride={s.stride}'
+                     + (f', module={s.module!r}' if s.module else '')
+                     + (' (extra level)' if s.extra else '')
+                     for i, s in zip(indices, specs))

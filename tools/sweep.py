@@ -14,7 +14,7 @@ from dataclasses import asdict
 import timm
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones._sweep import check_architecture
+from timm_backbones.sweep import check_architecture, is_plain
 
 
 def main() -> None:
@@ -27,10 +27,9 @@ def main() -> None:
     parser.add_argument('--out', help='JSON report path')
     args = parser.parse_args()
 
-    from timm_backbones._plan import plan_backbone
     names = timm.list_models(args.filter) if args.filter else timm.list_models()
     if args.plain_only:
-        names = [n for n in names if _is_plain(plan_backbone, n)]
+        names = [n for n in names if is_plain(n)]
     if args.limit:
         names = names[:args.limit]
     results = []
@@ -52,14 +51,6 @@ def main() -> None:
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(summary=summary, results=[asdict(r) for r in results]), f, indent=1)
-
-
-def _is_plain(plan_backbone, name: str) -> bool:
-    try:
-        levels = plan_backbone(name, pyramid=None).levels
-    except (ValueError, TypeError):
-        return False
-    return len({s.stride for s in levels}) == 1
 
 
 if __name__ == '__main__':

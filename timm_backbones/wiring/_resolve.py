@@ -17,33 +17,18 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from ._necks import NECKS, Level, format_levels, supported_necks, type_name
-from ._plan import feature_specs, plan_from_config, timm_model_name
-from ._specs import FeatureSpec, format_specs
+from .._configs import timm_model_name, to_plain, type_name
+from .._plan import feature_specs, plan_from_config
+from .._pyramid import skip_unread
+from .._specs import FeatureSpec, SpecTuple, format_specs
+from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
+                     NECK_FIELDS, ROI_EXTRACTORS)
+from ._necks import NECKS, supported_necks
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
 AUTO = 'auto'
 _MISSING = object()
-
-# Neck fields that may hold 'auto'; which of them a neck fills is its `_necks.NECKS` entry.
-_NECK_FIELDS = ('in_channels', 'num_levels', 'num_scales', 'out_channels')
-# Detector keys of heads fed by the last neck's outputs (all of them).
-_DENSE_HEADS = ('rpn_head', 'bbox_head', 'mask_head', 'panoptic_head')
-# Head classes (or their subclasses) whose in_channels has one entry per level; the others take
-# one int shared by all levels.
-_LIST_IN_CHANNELS = ('MaskFormerHead', 'SSDHead', 'YOLOV3Head')
-# Head arguments that are the strides of the levels the head is fed, by head (base) class.
-_HEAD_STRIDES = (('AnchorFreeHead', 'strides'), ('YOLOXHead', 'strides'),
-                 ('RepPointsHead', 'point_strides'), ('YOLOV3Head', 'featmap_strides'))
-# Prior generators inside heads (any depth: CascadeRPNHead nests them in its stages).
-_GENERATORS = ('prior_generator', 'anchor_generator', 'approx_anchor_generator',
-               'square_anchor_generator')
-# RoI extractors fed the first len(featmap_strides) levels (`x[:extractor.num_inputs]`).
-_ROI_EXTRACTORS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extractor')
-# Multi-scale deformable attention of DETR-style detectors: one level per neck output.
-_ATTENTION_LEVELS = (('encoder', 'layer_cfg', 'self_attn_cfg'),
-                     ('decoder', 'layer_cfg', 'cross_attn_cfg'))
 
 _CfgT = TypeVar('_CfgT', Config, dict)
 
@@ -51,7 +36,7 @@ _CfgT = TypeVar('_CfgT', Config, dict)
 @dataclass(frozen=True)
 class _Feed:
     """The levels reaching a point of the model, and how to describe them in messages."""
-    levels: Optional[Tuple[Level, ...]]  # None: not known (see `why`)
+    levels: Optional[SpecTuple]  # None: not known (see `why`)
     source: str
     listing: str = ''
     why: str = ''
@@ -135,13 +120,6 @@ def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value == AUTO
 
 
-def _plain(value: Any) -> Any:
-    """Lists/tuples to tuples (recursively), for comparisons."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
 def _show(value: Any) -> Any:
     """Values for messages: tuples and ConfigLists as lists."""
     return [_show(v) for v in value] if isinstance(value, (list, tuple)) else value
@@ -170,7 +148,7 @@ def _resolve_detector(det: Mapping, path: str) -> None:
     backbone = det['backbone']
     name = timm_model_name(backbone)
     if name is not None:
-        _trim_pyramid(det, path)
+        _skip_unread_pyramid_levels(det, path)
     if name is None:
         kind = type_name(backbone)
         feed = _Feed(None, f'{path}.backbone', why=(
@@ -181,7 +159,7 @@ def _resolve_detector(det: Mapping, path: str) -> None:
         specs = feature_specs(backbone)
         options = ', '.join(f'{k}={backbone[k]!r}' for k in
                             ('out_indices', 'output_stride') if backbone.get(k) is not None)
-        feed = _Feed(tuple(Level(s.channels, s.stride) for s in specs),
+        feed = _Feed(specs,
                      f"the timm backbone {name!r}{f' ({options})' if options else ''} at "
                      f'{path}.backbone', listing=format_specs(specs))
     if name is not None:
@@ -192,7 +170,7 @@ def _resolve_detector(det: Mapping, path: str) -> None:
             feed = _resolve_neck(one, feed, f'{path}.neck[{i}]')
     elif isinstance(neck, Mapping):
         feed = _resolve_neck(neck, feed, f'{path}.neck')
-    for key in _DENSE_HEADS:
+    for key in DENSE_HEADS:
         if isinstance(det.get(key), Mapping):
             _resolve_head(det[key], feed, f'{path}.{key}')
     if isinstance(det.get('roi_head'), Mapping):
@@ -200,37 +178,28 @@ def _resolve_detector(det: Mapping, path: str) -> None:
     _resolve_attention_levels(det, feed, path)
 
 
-# FPN-style necks that read levels start_level..end_level (default start_level 0)
-_RANGE_NECKS = ('FPN', 'FPN_DropBlock', 'PAFPN', 'FPN_CARAFE', 'FPG')
-
-
-def _trim_pyramid(det: Mapping, path: str) -> None:
-    """An automatic simple pyramid makes only the levels the neck reads: with FPN's
+def _skip_unread_pyramid_levels(det: Mapping, path: str) -> None:
+    """An automatic simple pyramid builds only the levels the first neck reads: with FPN's
     start_level=1 (RetinaNet), a stride-4 branch would get no gradient (and DDP would fail on the
-    unused parameters). The backbone's `pyramid_strides` become the used ones and the neck starts
-    at 0, which wires the same levels. A `pyramid_strides` written in the config is kept."""
+    unused parameters). The backbone's `pyramid_strides`, left out of the config, are filled with
+    None for the unread levels (their source map is passed through, no parameters); the neck's
+    own fields are not touched. A `pyramid_strides` written in the config is kept."""
     backbone, neck = det['backbone'], det.get('neck')
     if isinstance(neck, (list, tuple)):
         neck = neck[0] if neck else None
-    if not isinstance(neck, Mapping) or type_name(neck) not in _RANGE_NECKS or \
-            'pyramid_strides' in backbone:
+    rule = NECKS.get(type_name(neck)) if isinstance(neck, Mapping) else None
+    if rule is None or rule.reads is None or 'pyramid_strides' in backbone:
         return
     plan = plan_from_config(backbone)
-    if not plan.pyramid_strides or len(set(plan.out_indices)) != 1:
-        return  # no pyramid, or one level per stride (each branch has its own source)
-    n = len(plan.pyramid_strides)
-    start, end = neck.get('start_level', 0), neck.get('end_level', -1)
-    stop = n if end in (-1, n - 1) else end + 1
-    if not isinstance(start, int) or not isinstance(stop, int) or (start, stop) == (0, n) or \
-            not 0 <= start < stop <= n:
-        return  # nothing unused, or an invalid range the neck table reports
-    backbone['pyramid_strides'] = list(plan.pyramid_strides[start:stop])
-    neck['start_level'] = 0
-    if end != -1:
-        neck['end_level'] = stop - start - 1
-    print_log(f'resolve_config: {path}.backbone.pyramid_strides = '
-              f"{backbone['pyramid_strides']} (the levels the neck reads); neck start_level = 0",
-              logger='current', level=logging.DEBUG)
+    if not plan.pyramid_strides:
+        return
+    try:
+        read = rule.reads(neck, plan.specs, f'{path}.neck')
+    except ValueError:
+        return  # an invalid range: the neck's own resolution reports it
+    strides = skip_unread(plan.pyramid_strides, read)
+    if strides != plan.pyramid_strides:
+        _set(backbone, 'pyramid_strides', list(strides), f'{path}.backbone')
 
 
 def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) -> None:
@@ -259,7 +228,7 @@ def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) 
 def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
     kind = type_name(cfg)
     rule = NECKS.get(kind)
-    autos = [k for k in _NECK_FIELDS if _is_auto(cfg.get(k))]
+    autos = [k for k in NECK_FIELDS if _is_auto(cfg.get(k))]
     if rule is None:
         if autos:
             raise ValueError(
@@ -279,14 +248,14 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
     for key, value in expected.items():
         if key in filled:
             _set(cfg, key, value, where)
-        elif _plain(cfg[key]) != _plain(value):
+        elif to_plain(cfg[key]) != to_plain(value):
             raise _mismatch(where, key, cfg[key], value, feed)
-    left = [k for k in _NECK_FIELDS if _is_auto(cfg.get(k))]
+    left = [k for k in NECK_FIELDS if _is_auto(cfg.get(k))]
     if left:
         raise ValueError(f"{where}.{left[0]}='auto': {kind} chooses {left[0]} itself (it does "
                          f'not follow from the backbone); write a value.')
     outputs = rule.outputs(cfg, feed.levels, where)
-    return _Feed(outputs, f'{where} ({kind})', listing=format_levels(outputs))
+    return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs))
 
 
 def _model_class(cfg: Mapping) -> Optional[type]:
@@ -329,8 +298,8 @@ def _takes(cls: Optional[type], arg: str) -> bool:
 def _resolve_head(head: Mapping, feed: _Feed, where: str) -> None:
     cls, names = _class_names(head)
     if 'in_channels' in head:
-        _head_in_channels(head, feed, where, per_level=bool(set(names) & set(_LIST_IN_CHANNELS)))
-    for base, key in _HEAD_STRIDES:
+        _head_in_channels(head, feed, where, per_level=bool(set(names) & set(LIST_IN_CHANNELS)))
+    for base, key in HEAD_STRIDES:
         if base in names:
             _stride_field(head, key, feed, where, fill_missing=_takes(cls, key))
     for gen_where, gen in _generators(head, where):
@@ -361,7 +330,7 @@ def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -
         return  # a head fed levels of several widths: nothing to compare one int with
     if _is_auto(given):
         _set(head, 'in_channels', expected, where)
-    elif _plain(given) != _plain(expected):
+    elif to_plain(given) != to_plain(expected):
         raise _mismatch(where, 'in_channels', given, expected, feed)
 
 
@@ -369,7 +338,7 @@ def _generators(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
     """Prior-generator configs at any depth of a head config."""
     for key, child in _items(node):
         child_path = _join(path, key)
-        if key in _GENERATORS and isinstance(child, Mapping):
+        if key in GENERATORS and isinstance(child, Mapping):
             yield child_path, child
         elif key not in ('train_cfg', 'test_cfg') and not str(key).startswith('loss'):
             yield from _generators(child, child_path)
@@ -430,7 +399,7 @@ def _stride_field(cfg: Mapping, key: str, feed: _Feed, where: str, fill_missing:
                         what='does not match the strides of the levels fed to it')
 
 
-def _first_extra(levels: Sequence[Level]) -> int:
+def _first_extra(levels: Sequence[FeatureSpec]) -> int:
     for i, lv in enumerate(levels):
         if lv.extra:
             return i
@@ -462,7 +431,7 @@ def _get_path(cfg: Mapping, keys: Sequence[str]) -> Any:
 
 
 def _resolve_roi_head(roi_head: Mapping, feed: _Feed, where: str) -> None:
-    for key in _ROI_EXTRACTORS:
+    for key in ROI_EXTRACTORS:
         extractor = roi_head.get(key)
         if isinstance(extractor, Mapping):
             _resolve_extractor(extractor, feed, f'{where}.{key}')
@@ -500,7 +469,7 @@ def _resolve_attention_levels(det: Mapping, feed: _Feed, path: str) -> None:
     defaults (4) count as 'auto' for DeformableDETR and its subclasses (DINO, DDQ-DETR, ...)."""
     deformable = 'DeformableDETR' in _class_names(det)[1]
     fields = [(det, 'num_feature_levels', path)]
-    for keys in _ATTENTION_LEVELS:
+    for keys in ATTENTION_LEVELS:
         attn = _get_path(det, keys)
         if isinstance(attn, Mapping):
             fields.append((attn, 'num_levels', f"{path}.{'.'.join(keys)}"))

@@ -10,30 +10,13 @@ fails here, with the levels listed, instead of with a shape error at the first f
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ['Level', 'NeckRule', 'NECKS', 'format_levels', 'supported_necks', 'type_name']
+from .._configs import type_name
+from .._specs import FeatureSpec, format_specs
+
+__all__ = ['NeckRule', 'NECKS', 'supported_necks']
 
 
-@dataclass(frozen=True)
-class Level:
-    """One feature map flowing from a backbone or neck to what follows it.
-
-    Args:
-        channels: Channels of the map.
-        stride: Reduction relative to the input image; None where it depends on the input size
-            (e.g. SSD's extra levels made by unpadded convolutions).
-        extra: True for levels a neck adds on top of its inputs (pooled or strided-conv levels
-            such as FPN's P6/P7); RoI extractors use the levels before these.
-
-    Example:
-        >>> Level(channels=256, stride=64, extra=True).stride
-        64
-    """
-    channels: int
-    stride: Optional[int]
-    extra: bool = False
-
-
-Levels = Tuple[Level, ...]
+Levels = Tuple[FeatureSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -47,10 +30,13 @@ class NeckRule:
         follows: Fields that are derived copies of another field (`{field: source}`): they are
             refilled whenever the source is `'auto'` or missing (SSDNeck's `out_channels` repeats
             its `in_channels` before its own extra levels).
+        reads: `(neck_cfg, levels, where) -> indices` of the input levels whose values the
+            neck's forward uses (FPN: start_level..end_level; DilatedEncoder: the last one);
+            None: all of them. Automatic pyramids skip the other levels (no unused branches).
 
     Example:
         >>> fpn = dict(type='FPN', out_channels=256, num_outs=5)
-        >>> levels = (Level(64, 8), Level(128, 16), Level(256, 32))
+        >>> levels = (FeatureSpec(64, 8), FeatureSpec(128, 16), FeatureSpec(256, 32))
         >>> NECKS['FPN'].inputs(fpn, levels, 'model.neck')
         {'in_channels': [64, 128, 256]}
         >>> [lv.stride for lv in NECKS['FPN'].outputs(fpn, levels, 'model.neck')]
@@ -59,18 +45,7 @@ class NeckRule:
     inputs: Callable[[Mapping, Levels, str], Dict[str, Any]]
     outputs: Callable[[Mapping, Levels, str], Levels]
     follows: Mapping[str, str] = field(default_factory=dict)
-
-
-def format_levels(levels: Sequence[Level]) -> str:
-    """One line per level, for error messages: `index: channels=..., stride=...`.
-
-    Example:
-        >>> print(format_levels([Level(256, 8), Level(256, 16, extra=True)]))
-          0: channels=256, stride=8
-          1: channels=256, stride=16 (extra level)
-    """
-    return '\n'.join(f'  {i}: channels={lv.channels}, stride={lv.stride}'
-                     + (' (extra level)' if lv.extra else '') for i, lv in enumerate(levels))
+    reads: Optional[Callable[[Mapping, Levels, str], Tuple[int, ...]]] = None
 
 
 def supported_necks() -> Tuple[str, ...]:
@@ -83,22 +58,8 @@ def supported_necks() -> Tuple[str, ...]:
     return tuple(sorted(NECKS))
 
 
-def type_name(cfg: Mapping) -> Optional[str]:
-    """The registry name of a config's `type` without its scope (`'mmdet.FPN'` -> `'FPN'`);
-    the class name if `type` is a class; None if there is no type.
-
-    Example:
-        >>> type_name(dict(type='mmdet.FPN'))
-        'FPN'
-    """
-    kind = cfg.get('type')
-    if isinstance(kind, type):
-        return kind.__name__
-    return kind.split('.')[-1] if isinstance(kind, str) else None
-
-
-def _fail(where: str, message: str, levels: Sequence[Level]) -> ValueError:
-    return ValueError(f'{where}: {message}\nLevels feeding it:\n{format_levels(levels)}')
+def _fail(where: str, message: str, levels: Sequence[FeatureSpec]) -> ValueError:
+    return ValueError(f'{where}: {message}\nLevels feeding it:\n{format_specs(levels)}')
 
 
 _REQUIRED = object()
@@ -114,7 +75,7 @@ def _int_option(cfg: Mapping, key: str, default: Any, where: str) -> int:
 
 
 def _int_list_option(cfg: Mapping, key: str, count: int, where: str,
-                     levels: Sequence[Level]) -> List[int]:
+                     levels: Sequence[FeatureSpec]) -> List[int]:
     value = cfg.get(key)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value):
         raise ValueError(f'{where}.{key} must be a list of ints (one per level), got {value!r}.')
@@ -125,11 +86,11 @@ def _int_list_option(cfg: Mapping, key: str, count: int, where: str,
     return list(value)
 
 
-def _channels(levels: Sequence[Level]) -> List[int]:
+def _channels(levels: Sequence[FeatureSpec]) -> List[int]:
     return [lv.channels for lv in levels]
 
 
-def _uniform_channels(levels: Sequence[Level], where: str, kind: str) -> int:
+def _uniform_channels(levels: Sequence[FeatureSpec], where: str, kind: str) -> int:
     channels = set(_channels(levels))
     if len(channels) != 1:
         raise _fail(where, f'{kind} takes one in_channels for all its inputs, but the levels '
@@ -140,8 +101,8 @@ def _uniform_channels(levels: Sequence[Level], where: str, kind: str) -> int:
     return channels.pop()
 
 
-def _check_doubling(levels: Sequence[Level], where: str, kind: str, why: str,
-                    all_levels: Sequence[Level]) -> None:
+def _check_doubling(levels: Sequence[FeatureSpec], where: str, kind: str, why: str,
+                    all_levels: Sequence[FeatureSpec]) -> None:
     """Each level must have twice the stride of the one before (unknown strides are skipped)."""
     for a, b in zip(levels, levels[1:]):
         if a.stride is not None and b.stride is not None and b.stride != 2 * a.stride:
@@ -156,9 +117,9 @@ def _doubled(stride: Optional[int], times: int = 1) -> Optional[int]:
     return None if stride is None else stride * 2 ** times
 
 
-def _extras(last_stride: Optional[int], channels: int, count: int) -> List[Level]:
+def _extras(last_stride: Optional[int], channels: int, count: int) -> List[FeatureSpec]:
     """`count` levels each halving the previous map (stride-2 conv or pooling)."""
-    return [Level(channels, _doubled(last_stride, i + 1), extra=True) for i in range(count)]
+    return [FeatureSpec(channels, _doubled(last_stride, i + 1), extra=True) for i in range(count)]
 
 
 def _list_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
@@ -191,6 +152,15 @@ def _used_range(cfg: Mapping, levels: Levels, where: str,
     return start, stop, num_outs
 
 
+def _fpn_reads(cfg: Mapping, levels: Levels, where: str) -> Tuple[int, ...]:
+    start, stop, _ = _used_range(cfg, levels, where)
+    return tuple(range(start, stop))
+
+
+def _last_read(cfg: Mapping, levels: Levels, where: str) -> Tuple[int, ...]:
+    return (len(levels) - 1,)
+
+
 def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
                  ) -> Callable[[Mapping, Levels, str], Levels]:
     """Outputs of FPN-style necks: levels start..end (inclusive) at out_channels, then
@@ -204,7 +174,7 @@ def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
         if why:
             _check_doubling(used, where, type_name(cfg), why, levels)
         out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
-        return tuple([Level(out_channels, lv.stride) for lv in used]
+        return tuple([FeatureSpec(out_channels, lv.stride) for lv in used]
                      + _extras(used[-1].stride, out_channels, num_outs - len(used)))
     return outputs
 
@@ -227,7 +197,7 @@ def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                            f'start_level={start}, {stop - start} used.', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     sized_like = levels[1:4]
-    return tuple([Level(out_channels, lv.stride) for lv in sized_like]
+    return tuple([FeatureSpec(out_channels, lv.stride) for lv in sized_like]
                  + _extras(sized_like[-1].stride, out_channels, num_outs - 3))
 
 
@@ -235,7 +205,7 @@ def _channel_mapper_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     num_outs = len(levels) if cfg.get('num_outs') is None else \
         _int_option(cfg, 'num_outs', _REQUIRED, where)
-    return tuple([Level(out_channels, lv.stride) for lv in levels]
+    return tuple([FeatureSpec(out_channels, lv.stride) for lv in levels]
                  + _extras(levels[-1].stride, out_channels, max(0, num_outs - len(levels))))
 
 
@@ -246,7 +216,7 @@ def _hrfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     num_outs = _int_option(cfg, 'num_outs', 5, where)
     conv_stride = _int_option(cfg, 'stride', 1, where)
     base = None if levels[0].stride is None else levels[0].stride * conv_stride
-    return tuple(Level(out_channels, _doubled(base, i), extra=i >= len(levels))
+    return tuple(FeatureSpec(out_channels, _doubled(base, i), extra=i >= len(levels))
                  for i in range(num_outs))
 
 
@@ -266,7 +236,7 @@ def _same_levels(cfg: Mapping, levels: Levels, where: str) -> Levels:
 def _csp_pafpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     _check_doubling(levels, where, type_name(cfg), 'upsamples by 2 and concatenates', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
-    return tuple(Level(out_channels, lv.stride) for lv in levels)
+    return tuple(FeatureSpec(out_channels, lv.stride) for lv in levels)
 
 
 def _yolov3_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
@@ -277,7 +247,7 @@ def _yolov3_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
 def _yolov3_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     _check_doubling(levels, where, 'YOLOV3Neck', 'upsamples by 2 and concatenates', levels)
     out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
-    return tuple(Level(c, lv.stride) for c, lv in zip(out_channels, levels[::-1]))
+    return tuple(FeatureSpec(c, lv.stride) for c, lv in zip(out_channels, levels[::-1]))
 
 
 def _ssd_extra_count(cfg: Mapping, where: str) -> int:
@@ -308,7 +278,7 @@ def _ssd_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     # ratio (e.g. 107, 160, 320 at 320 px), so these strides are left to the config.
     count = _ssd_extra_count(cfg, where)
     out_channels = list(cfg.get('out_channels'))
-    return tuple(list(levels) + [Level(c, None, extra=True)
+    return tuple(list(levels) + [FeatureSpec(c, None, extra=True)
                                  for c in out_channels[len(out_channels) - count:]])
 
 
@@ -319,7 +289,7 @@ def _last_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
 def _dilated_encoder_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     # forward uses feature[-1] only
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
-    return (Level(out_channels, levels[-1].stride),)
+    return (FeatureSpec(out_channels, levels[-1].stride),)
 
 
 def _ct_resnet_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
@@ -330,7 +300,7 @@ def _ct_resnet_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                          f'{filters!r}.')
     stride, times = levels[-1].stride, len(filters)
     exact = stride is not None and stride % 2 ** times == 0
-    return (Level(int(filters[-1]), stride // 2 ** times if exact else None),)
+    return (FeatureSpec(int(filters[-1]), stride // 2 ** times if exact else None),)
 
 
 def _ssh_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
@@ -339,7 +309,7 @@ def _ssh_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
 
 def _ssh_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
-    return tuple(Level(c, lv.stride) for c, lv in zip(out_channels, levels))
+    return tuple(FeatureSpec(c, lv.stride) for c, lv in zip(out_channels, levels))
 
 
 def _dyhead_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
@@ -350,18 +320,21 @@ def _dyhead_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     _check_doubling(levels, where, 'DyHead', 'fuses each level with a stride-2 conv of the '
                     'level before', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
-    return tuple(Level(out_channels, lv.stride, lv.extra) for lv in levels)
+    return tuple(FeatureSpec(out_channels, lv.stride, extra=lv.extra) for lv in levels)
 
 
-_FPN = NeckRule(_list_input, _fpn_outputs())
+_FPN = NeckRule(_list_input, _fpn_outputs(), reads=_fpn_reads)
 
 NECKS: Dict[str, NeckRule] = {
     # in_channels: one per input level, in order; all inputs are passed (len is asserted).
     'FPN': _FPN,
     'FPN_DropBlock': _FPN,
-    'PAFPN': NeckRule(_list_input, _fpn_outputs('adds a stride-2 bottom-up path')),
-    'FPN_CARAFE': NeckRule(_list_input, _fpn_outputs('upsamples by 2 and adds')),
-    'FPG': NeckRule(_list_input, _fpn_outputs('sums neighbouring levels made by stride-2 convs')),
+    'PAFPN': NeckRule(_list_input, _fpn_outputs('adds a stride-2 bottom-up path'),
+                      reads=_fpn_reads),
+    'FPN_CARAFE': NeckRule(_list_input, _fpn_outputs('upsamples by 2 and adds'),
+                           reads=_fpn_reads),
+    'FPG': NeckRule(_list_input, _fpn_outputs('sums neighbouring levels made by stride-2 convs'),
+                    reads=_fpn_reads),
     'NASFPN': NeckRule(_list_input, _nasfpn_outputs),
     'NASFCOS_FPN': NeckRule(_list_input, _nasfcos_outputs),
     'HRFPN': NeckRule(_list_input, _hrfpn_outputs),
@@ -378,6 +351,6 @@ NECKS: Dict[str, NeckRule] = {
     'YOLOV3Neck': NeckRule(_yolov3_inputs, _yolov3_outputs),
     'SSH': NeckRule(_ssh_inputs, _ssh_outputs),
     # one int: the last input level only
-    'DilatedEncoder': NeckRule(_last_input, _dilated_encoder_outputs),
-    'CTResNetNeck': NeckRule(_last_input, _ct_resnet_outputs),
+    'DilatedEncoder': NeckRule(_last_input, _dilated_encoder_outputs, reads=_last_read),
+    'CTResNetNeck': NeckRule(_last_input, _ct_resnet_outputs, reads=_last_read),
 }

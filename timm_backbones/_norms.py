@@ -1,9 +1,14 @@
-"""SyncBN conversions that keep timm's fused activations.
+"""Normalization layers: the one owner of norm handling for backbones and runners alike.
 
-mmengine's and torch's converters turn timm's `BatchNormAct2d` (a BatchNorm2d subclass with the
-activation folded in) into a plain `SyncBatchNorm` / `BatchNormXd` whose forward never calls the
-activation. Here batch norms with a fused activation go through timm's converter
-(`BatchNormAct2d` <-> `SyncBatchNormAct`), all others through mmengine's.
+- `set_norm_eval`: every normalization layer to eval mode (`norm_eval`).
+- `to_frozen_bn`: timm's frozen batch norms (`frozen_bn`).
+- `convert_sync_batchnorm` / `revert_sync_batchnorm`: SyncBN both ways, for the backbone's
+  `sync_bn=True` and the runner's `sync_bn='torch'|'mmcv'` alike, keeping timm's fused
+  activations. mmengine's and torch's converters turn timm's `BatchNormAct2d` (a BatchNorm2d
+  subclass with the activation folded in) into a plain `SyncBatchNorm` / `BatchNormXd` whose
+  forward never calls the activation. Here batch norms with a fused activation go through timm's
+  converter (`BatchNormAct2d` <-> `SyncBatchNormAct`), all others through mmengine's.
+- `check_sync_bn_device`: sync norms cannot run where DistributedDataParallel refuses them.
 """
 from typing import Callable, List
 
@@ -11,13 +16,31 @@ from mmengine.model import convert_sync_batchnorm as mm_convert_sync_batchnorm
 from mmengine.model import revert_sync_batchnorm as mm_revert_sync_batchnorm
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 from timm.layers import convert_sync_batchnorm as timm_convert_sync_batchnorm
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
-__all__ = ['convert_sync_batchnorm', 'revert_sync_batchnorm', 'sync_norm_types',
+__all__ = ['NORM_TYPES', 'set_norm_eval', 'to_frozen_bn', 'convert_sync_batchnorm',
+           'revert_sync_batchnorm', 'sync_norm_types', 'check_sync_bn_device',
            'SYNC_BN_IMPLEMENTATIONS']
 
 SYNC_BN_IMPLEMENTATIONS = ('torch', 'mmcv')
+# Every normalization layer, timm's BatchNormAct2d / SyncBatchNormAct (subclasses of _NormBase)
+# included. GroupNorm / LayerNorm behave the same in both modes, but users asking for norm_eval
+# expect to find them in eval mode too.
+NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def set_norm_eval(model: nn.Module) -> None:
+    """Put every normalization layer of `model` in eval mode (running stats stop moving)."""
+    for m in model.modules():
+        if isinstance(m, NORM_TYPES):
+            m.eval()
+
+
+def to_frozen_bn(model: nn.Module) -> nn.Module:
+    """Replace BatchNorm2d / BatchNormAct2d by timm's frozen versions (fused acts kept)."""
+    return freeze_batch_norm_2d(model)
 
 
 def convert_sync_batchnorm(model: nn.Module, implementation: str = 'torch') -> nn.Module:
@@ -84,6 +107,7 @@ def revert_sync_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def sync_norm_types() -> tuple:
+    """The sync norm classes: torch's, and mmcv's where its compiled ops are installed."""
     types: List[type] = [nn.SyncBatchNorm]
     try:
         from mmcv.ops import SyncBatchNorm as MMCVSyncBatchNorm
@@ -92,6 +116,25 @@ def sync_norm_types() -> tuple:
     else:
         types.append(MMCVSyncBatchNorm)
     return tuple(types)
+
+
+def check_sync_bn_device(model: nn.Module, device: str) -> None:
+    """DistributedDataParallel refuses SyncBatchNorm on CPUs; say which option to drop.
+
+    Args:
+        model: The model about to be wrapped.
+        device: The device it runs on ('cpu', 'cuda', ...).
+    """
+    if device != 'cpu':
+        return
+    sync = sorted({type(m).__name__ for m in model.modules() if isinstance(m, sync_norm_types())})
+    if sync:
+        raise ValueError(
+            f'the model has {sync} layers, which only run on GPUs (DistributedDataParallel '
+            f'refuses them on CPUs), and this distributed run has no CUDA device. For CPU runs '
+            f"remove sync_bn from the config (mmengine's option) and set sync_bn=False on timm "
+            f'backbones (--cfg-options model.backbone.sync_bn=False), or run without a launcher '
+            f'(sync norms are then reverted to batch norms).')
 
 
 def _convert_one(module: nn.Module, convert: Callable[[nn.Module], nn.Module]) -> nn.Module:

@@ -7,7 +7,7 @@ wrong for timm models:
   stride fields work with mmdet's own `tools/train.py` / `tools/test.py` (config:
   `runner_type='mmdet.TimmBackboneRunner'`), and the config dumped to the work dir is the resolved
   one.
-- SyncBN keeps timm's fused activations (`_syncbn.py`).
+- SyncBN keeps timm's fused activations (`_norms.py`).
 - Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`).
 - Distributed runs without CUDA (`--launcher pytorch` on CPUs) use the gloo backend and plain
   CPU `DistributedDataParallel`.
@@ -30,9 +30,9 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ._checkpoint import checkpoint_loading
-from ._resolve import resolve_config
-from ._syncbn import convert_sync_batchnorm, revert_sync_batchnorm, sync_norm_types
+from .._checkpoint import checkpoint_loading
+from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
+from ..wiring import resolve_config
 
 __all__ = ['TimmBackboneRunner']
 
@@ -113,7 +113,7 @@ class TimmBackboneRunner(Runner):
                       f'fused norm + act layers to SyncBatchNormAct)', logger='current')
         device_ids = None if device == 'cpu' else [int(os.environ['LOCAL_RANK'])]
         if model_wrapper_cfg is None:
-            _check_sync_bn_device(model, device)
+            check_sync_bn_device(model, device)
             return MMDistributedDataParallel(
                 module=model, device_ids=device_ids, broadcast_buffers=False,
                 find_unused_parameters=self.cfg.get('find_unused_parameters', False))
@@ -122,7 +122,7 @@ class TimmBackboneRunner(Runner):
         wrapper_type = MODEL_WRAPPERS.get(wrapper_cfg.get('type'))
         default_args: Dict[str, Any] = dict(module=model)
         if isinstance(wrapper_type, type) and issubclass(wrapper_type, DistributedDataParallel):
-            _check_sync_bn_device(model, device)
+            check_sync_bn_device(model, device)
             default_args['device_ids'] = device_ids
         return MODEL_WRAPPERS.build(wrapper_cfg, default_args=default_args)
 
@@ -135,20 +135,6 @@ class TimmBackboneRunner(Runner):
         """`Runner.resume`, weights-only (see `checkpoint_loading`)."""
         with checkpoint_loading(filename):
             super().resume(filename, *args, **kwargs)
-
-
-def _check_sync_bn_device(model: nn.Module, device: str) -> None:
-    """DistributedDataParallel refuses SyncBatchNorm on CPUs; say which option to drop."""
-    if device != 'cpu':
-        return
-    sync = sorted({type(m).__name__ for m in model.modules() if isinstance(m, sync_norm_types())})
-    if sync:
-        raise ValueError(
-            f'the model has {sync} layers, which only run on GPUs (DistributedDataParallel '
-            f'refuses them on CPUs), and this distributed run has no CUDA device. For CPU runs '
-            f"remove sync_bn from the config (mmengine's option) and set sync_bn=False on timm "
-            f'backbones (--cfg-options model.backbone.sync_bn=False), or run without a launcher '
-            f'(sync norms are then reverted to batch norms).')
 
 
 def _init_cpu_process_group(dist_cfg: Dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Sweeps over timm's architectures: each one through `feature_specs`, `resolve_config` and a
 meta-device build of backbone + FPN + RetinaNet head with a shape-checked meta forward at a
-detection-sized input. Used by `tools/sweep.py` and the `slow` tests.
+detection-sized input. Used by `tools/sweep.py` and the `slow` tests (public: tools import
+nothing private).
 """
 import math
 import time
@@ -9,9 +10,10 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ._plan import feature_specs, plan_from_config
+from ._plan import feature_specs, plan_backbone, plan_from_config
+from ._specs import size_near
 
-__all__ = ['SweepResult', 'check_architecture', 'retinanet_config']
+__all__ = ['SweepResult', 'check_architecture', 'retinanet_config', 'is_plain']
 
 DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
 
@@ -62,8 +64,8 @@ def _check_maps(maps, strides: List[int], size: Tuple[int, int], channels: List[
                 what: str) -> None:
     for out, stride, c in zip(maps, strides, channels):
         expect = [math.ceil(s / stride) for s in size]
-        if out.shape[1] != c or any(abs(g - e) > 1 + 0.35 * e
-                                    for g, e in zip(out.shape[2:], expect)):
+        if out.shape[1] != c or not all(size_near(g, s, stride)
+                                        for g, s in zip(out.shape[2:], size)):
             raise AssertionError(f'{what}: got {tuple(out.shape)}, expected {c} channels and '
                                  f'about {expect} at stride {stride}')
 
@@ -78,7 +80,7 @@ def check_architecture(name: str, size: Tuple[int, int] = DETECTION_SIZE,
     """
     from mmdet.registry import MODELS
 
-    from ._resolve import resolve_config
+    from .wiring import resolve_config
     backbone_cfg = dict(type='TimmBackbone', model_name=name)
     start = time.perf_counter()
     try:
@@ -118,3 +120,18 @@ def check_architecture(name: str, size: Tuple[int, int] = DETECTION_SIZE,
         except ValueError:
             result.frozen_stages = False
     return result
+
+
+def is_plain(name: str) -> bool:
+    """Whether the architecture's default levels share one stride (ViT-like); False for models
+    that cannot be planned.
+
+    Example:
+        >>> is_plain('vit_tiny_patch16_224'), is_plain('resnet18')
+        (True, False)
+    """
+    try:
+        levels = plan_backbone(name, pyramid=None).levels
+    except (ValueError, TypeError):
+        return False
+    return len({s.stride for s in levels}) == 1

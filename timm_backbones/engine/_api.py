@@ -13,10 +13,10 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from torch import nn
 
-from ._plan import timm_model_name
-from ._resolve import resolve_config
-from ._checkpoint import checkpoint_loading
-from ._syncbn import revert_sync_batchnorm
+from .._checkpoint import checkpoint_loading
+from .._configs import timm_model_name
+from .._norms import revert_sync_batchnorm
+from ..wiring import resolve_config
 
 __all__ = ['build_detector', 'init_detector']
 

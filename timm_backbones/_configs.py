@@ -1,0 +1,64 @@
+"""Reading config dicts: the one place that parses a config's `type` (`type_name`), recognises
+timm backbone configs (`timm_model_name`) and turns config containers into plain Python values.
+"""
+from typing import Any, Mapping, Optional
+
+__all__ = ['type_name', 'timm_model_name', 'to_plain']
+
+BACKBONE_TYPE = 'TimmBackbone'
+ARCH_SCOPE = 'timm.'  # `type='timm.<arch>'`
+
+
+def type_name(cfg: Any) -> Optional[str]:
+    """The registry name of a config's `type` without its scope (`'mmdet.FPN'` -> `'FPN'`,
+    `'timm.resnet50'` -> `'resnet50'`); the class name if `type` is a class; None without one.
+
+    Example:
+        >>> type_name(dict(type='mmdet.FPN'))
+        'FPN'
+    """
+    if not hasattr(cfg, 'get'):
+        return None
+    kind = cfg.get('type')
+    if isinstance(kind, type):
+        return kind.__name__
+    return kind.split('.')[-1] if isinstance(kind, str) else None
+
+
+def timm_model_name(cfg: Any) -> Optional[str]:
+    """The timm model a backbone config builds, or None if it is not a timm backbone config.
+
+    Args:
+        cfg: A config dict (`dict(type='TimmBackbone', model_name=...)` or
+            `dict(type='timm.<arch>', ...)`).
+
+    Example:
+        >>> timm_model_name(dict(type='timm.resnet50'))
+        'resnet50'
+    """
+    if not hasattr(cfg, 'get'):
+        return None
+    if type_name(cfg) == BACKBONE_TYPE:
+        if 'model_name' not in cfg:
+            raise ValueError(f'a TimmBackbone config needs model_name, got {dict(cfg)}')
+        return cfg['model_name']
+    kind = cfg.get('type')
+    if isinstance(kind, str) and kind.startswith(ARCH_SCOPE):
+        return kind[len(ARCH_SCOPE):]
+    return None
+
+
+def to_plain(value: Any) -> Any:
+    """ConfigDicts to dicts and lists to tuples (recursively), for options and comparisons.
+
+    Example:
+        >>> to_plain([1, [2, 3]])
+        (1, (2, 3))
+    """
+    if hasattr(value, 'to_dict'):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(to_plain(v) for v in value)
+    return value

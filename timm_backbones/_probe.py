@@ -1,0 +1,244 @@
+"""What a timm feature extractor is, read without weights: meta-device builds, their caches, and
+input-size probing. Owns `probe` (levels, output layout), `probe_input` (which input sizes run)
+and `supports_kwargs` (whether timm accepts a set of arguments).
+
+Results are cached per (model, arguments), failures included, so planning the same backbone twice
+never repeats a failing build. The latest meta models are kept in a small keyed cache, so
+`probe_input` right after `probe` reuses the model instead of building it again.
+"""
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+
+import torch
+from mmengine.logging import print_log
+from torch import nn
+
+from ._specs import size_near
+from ._timm import check_model_name, create_features, output_format
+
+__all__ = ['Probe', 'InputRule', 'probe', 'probe_input', 'supports_kwargs', 'clear_caches']
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a meta-device build tells about a timm feature extractor.
+
+    Args:
+        levels: Every `feature_info` entry (dicts with num_chs, reduction, module).
+        output_format: 'NCHW' or 'NHWC', the layout timm returns.
+    """
+    levels: Tuple[Dict[str, Any], ...]
+    output_format: str
+
+
+@dataclass(frozen=True)
+class InputRule:
+    """Which input sizes a timm feature extractor runs at.
+
+    Args:
+        pad_divisor: Smallest divisor such that inputs whose sides are multiples of it run
+            (1: any size).
+        fixed_size: (H, W) the model only runs at (fixed position tables), else None.
+    """
+    pad_divisor: int
+    fixed_size: Optional[Tuple[int, int]]
+
+
+_T = TypeVar('_T')
+_Key = Tuple[str, Tuple[Tuple[str, str], ...]]
+_CACHE_SIZE = 4096  # a full sweep of timm's architectures fits
+_PROBES: Dict[_Key, Union[Probe, ValueError]] = {}
+_INPUTS: Dict[_Key, Union[InputRule, ValueError]] = {}
+_MODELS: 'OrderedDict[_Key, nn.Module]' = OrderedDict()  # the latest meta builds
+_MODELS_KEPT = 2
+# candidate input divisors, as multiples of the deepest stride (windowed attention: 7, 14)
+_DIVISOR_FACTORS = (1, 2, 4, 7, 8, 14, 16)
+
+
+def clear_caches() -> None:
+    """Forget every cached probe, input rule and meta model (e.g. to time a cold plan)."""
+    _PROBES.clear()
+    _INPUTS.clear()
+    _MODELS.clear()
+
+
+def _key(model_name: str, kwargs: Dict[str, Any]) -> _Key:
+    return model_name, tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+
+
+def _cached(cache: Dict[_Key, Any], key: _Key, compute: Callable[[], _T]) -> _T:
+    """`compute()` once per key; a ValueError is cached too and raised again on every call."""
+    if key not in cache:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        try:
+            cache[key] = compute()
+        except ValueError as err:
+            cache[key] = err
+    found = cache[key]
+    if isinstance(found, ValueError):
+        raise found.with_traceback(None)
+    return found
+
+
+def _meta_model(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
+    """A meta-device build (kept among the latest few); a real CPU build only where the meta
+    device fails (a model that computes with tensors while being built) but the CPU works."""
+    key = _key(model_name, kwargs)
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    try:
+        model = create_features(model_name, kwargs, None, meta=True)
+    except ValueError as meta_err:
+        try:
+            model = create_features(model_name, kwargs, None, meta=False)
+        except ValueError:
+            raise meta_err from None
+        print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
+                  f'from a CPU build', logger='current', level=logging.WARNING)
+    _MODELS[key] = model
+    while len(_MODELS) > _MODELS_KEPT:
+        _MODELS.popitem(last=False)
+    return model
+
+
+def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
+    """Build `model_name` as a feature extractor on the meta device (no weights; cached, failures
+    too) and read its levels and output layout.
+
+    Args:
+        model_name: timm architecture or tag (checked first).
+        kwargs: `timm.create_model` arguments from `timm_kwargs`.
+
+    Raises:
+        ValueError: timm cannot build it with these arguments (the cause is chained).
+
+    Example:
+        >>> p = probe('resnet18', timm_kwargs())
+        >>> [d['reduction'] for d in p.levels], p.output_format
+        ([2, 4, 8, 16, 32], 'NCHW')
+    """
+    check_model_name(model_name)
+
+    def describe() -> Probe:
+        model = _meta_model(model_name, kwargs)
+        return Probe(tuple(dict(d) for d in model.feature_info.info), output_format(model))
+
+    return _cached(_PROBES, _key(model_name, kwargs), describe)
+
+
+def supports_kwargs(model_name: str, kwargs: Dict[str, Any]) -> bool:
+    """Whether timm builds `model_name` with `kwargs` as a feature extractor (meta; cached).
+
+    A build refused for its arguments (timm's `TypeError`: an argument the model does not take)
+    is a plain False. A build failing for any other reason is False too, with a warning naming
+    the cause, so a broken option set never passes for an unsupported one unnoticed.
+    """
+    try:
+        probe(model_name, kwargs)
+    except ValueError as err:
+        if not isinstance(err.__cause__, TypeError):
+            print_log(f'{model_name!r} failed to build with {kwargs}: {err}', logger='current',
+                      level=logging.WARNING)
+        return False
+    return True
+
+
+def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
+    """The input sizes `model_name` runs at, from meta-device forwards at non-square trial sizes
+    (cached, failures too); the outputs are checked against `feature_info`.
+
+    Example:
+        >>> probe_input('maxvit_tiny_tf_224', {}).pad_divisor  # window 7 at stride 32
+        224
+    """
+    probe(model_name, kwargs)  # checks the name and the arguments
+    return _cached(_INPUTS, _key(model_name, kwargs),
+                   lambda: _input_rule(model_name, _meta_model(model_name, kwargs), kwargs))
+
+
+def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
+                 ) -> Union[List[Tuple[int, ...]], Exception]:
+    """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or the
+    exception the model raised there (kept for the error message if no size works)."""
+    device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
+    try:
+        with torch.no_grad():
+            outs = model(torch.empty(1, in_chans, *hw, device=device))
+    except Exception as err:  # noqa: BLE001 - any failure means "not at this size"; kept
+        return err
+    return [tuple(o.shape) for o in outs]
+
+
+def _check_shapes(model_name: str, model: nn.Module,
+                  runs: Sequence[Tuple[Tuple[int, int], Sequence[Tuple[int, ...]]]]) -> None:
+    """timm's `feature_info` must describe the real outputs: channels equal, sizes near
+    input / reduction (`size_near`), and between trial inputs the maps grow by input growth /
+    reduction (+-1)."""
+    nhwc = output_format(model) == 'NHWC'
+
+    def chw(shape):
+        return (shape[3], shape[1], shape[2]) if nhwc else tuple(shape[1:4])
+
+    (hw, shapes), rest = runs[0], runs[1:]
+    for i, d in enumerate(model.feature_info.get_dicts()):
+        c, h, w = chw(shapes[i])
+        r = d['reduction']
+        bad = c != d['num_chs'] or not all(size_near(g, s, r) for g, s in zip((h, w), hw))
+        for hw2, shapes2 in rest:
+            _, h2, w2 = chw(shapes2[i])
+            bad |= any(abs((g2 - g) - (s2 - s) / r) > 1
+                       for g, g2, s, s2 in zip((h, w), (h2, w2), hw, hw2))
+        if bad:
+            sizes = ', '.join(f'{a[0]}x{a[1]} -> {chw(b[i])[0]}x{chw(b[i])[1]}x{chw(b[i])[2]}'
+                              for a, b in runs)
+            raise ValueError(
+                f"timm's feature_info for {model_name!r} does not describe its outputs: level "
+                f"{d['module']!r} reports {d['num_chs']} channels at stride {r}, but the model "
+                f'gives {sizes}. It cannot be wired automatically (it resizes its input or '
+                f'reports wrong metadata); pick another model.')
+
+
+def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> InputRule:
+    """(pad_divisor, fixed_size) from meta forwards at non-square trial sizes."""
+    in_chans = kwargs.get('in_chans', 3)
+    model.eval()  # batch-1 trial forwards: BN in train mode rejects 1x1 maps
+    deepest = max(d['reduction'] for d in model.feature_info.info)
+    last: Tuple[str, Optional[Exception]] = ('', None)
+    for factor in (0,) + _DIVISOR_FACTORS:
+        d = 1 if factor == 0 else deepest * factor
+        # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1)
+        a = -(-320 // d) * d if d > 1 else 321
+        b = -(-416 // d) * d if d > 1 else 417
+        second = (a + d * (1 if d > 1 else 64), b)
+        shapes = _meta_shapes(model, (a, b), in_chans)
+        shapes2 = _meta_shapes(model, second, in_chans) if isinstance(shapes, list) else shapes
+        if isinstance(shapes2, list):
+            _check_shapes(model_name, model, [((a, b), shapes), (second, shapes2)])
+            return InputRule(d, None)
+        failed = (a, b) if isinstance(shapes, Exception) else second
+        last = (f'{failed[0]}x{failed[1]}', shapes2)
+    native = getattr(model, 'pretrained_cfg', {}).get('input_size')
+    tried = []
+    # built for a size (img_size): only that size counts; else the model's native size
+    for size in ([kwargs['img_size']] if 'img_size' in kwargs else [native]):
+        if size is None:
+            continue
+        size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
+        shapes = _meta_shapes(model, size, in_chans)
+        if isinstance(shapes, list):
+            _check_shapes(model_name, model, [(size, shapes)])
+            return InputRule(1, (int(size[0]), int(size[1])))
+        tried.append(f'{size[0]}x{size[1]}')
+        last = (tried[-1], shapes)
+    hint = (f"; it was built with img_size={kwargs['img_size']} but does not run at that size "
+            f'(some models only take square inputs): try input_size=(S, S)'
+            if 'img_size' in kwargs else '')
+    cause = f' The last failure, at {last[0]}: {type(last[1]).__name__}: {last[1]}' \
+        if last[1] is not None else ''
+    raise ValueError(f'{model_name!r} ran at none of the input sizes tried (multiples of '
+                     f'{deepest} x {_DIVISOR_FACTORS}; {", ".join(tried) or "no fixed size"})'
+                     f'{hint}. It cannot be used as a detection backbone as configured.{cause}')
