@@ -174,8 +174,8 @@ def plan_backbone(model_name: str,
     if size_kwargs:
         kwargs.update(size_kwargs)
         found = probe(model_name, kwargs)
-    levels = level_specs(found.levels)
-    rule = probe_input(model_name, kwargs)
+    levels = level_specs(found.feature_info)
+    sizes = probe_input(model_name, kwargs)
     indices, strides = plan_pyramid(model_name, levels,
                                     resolve_out_indices(out_indices, levels, model_name),
                                     out_indices is not None, pyramid, pyramid_strides,
@@ -183,7 +183,7 @@ def plan_backbone(model_name: str,
     return BackbonePlan(model_name=model_name, kwargs=kwargs, levels=levels,
                         output_format=found.output_format, out_indices=indices,
                         pyramid_strides=strides, pyramid_channels=pyramid_channels,
-                        pad_divisor=rule.pad_divisor, fixed_size=rule.fixed_size)
+                        pad_divisor=sizes.pad_divisor, fixed_size=sizes.fixed_size)
 
 
 # TimmBackbone options that change its outputs, and those that do not (weights, training).

@@ -26,10 +26,10 @@ class Probe:
     """What a meta-device build tells about a timm feature extractor.
 
     Args:
-        levels: Every `feature_info` entry (dicts with num_chs, reduction, module).
+        feature_info: Every `feature_info` entry (dicts with num_chs, reduction, module).
         output_format: 'NCHW' or 'NHWC', the layout timm returns.
     """
-    levels: Tuple[Dict[str, Any], ...]
+    feature_info: Tuple[Dict[str, Any], ...]
     output_format: str
 
 
@@ -118,7 +118,7 @@ def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
 
     Example:
         >>> p = probe('resnet18', timm_kwargs())
-        >>> [d['reduction'] for d in p.levels], p.output_format
+        >>> [d['reduction'] for d in p.feature_info], p.output_format
         ([2, 4, 8, 16, 32], 'NCHW')
     """
     check_model_name(model_name)

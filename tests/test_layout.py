@@ -1,0 +1,64 @@
+"""The package layout rules the README states: the core imports nothing from `wiring/`,
+`engine/` or `data/`; `wiring/` imports only the core; tools use public names only; every module
+says what it owns."""
+import ast
+import glob
+import os
+
+import pytest
+
+from helpers import ROOT
+
+PACKAGE = os.path.join(ROOT, 'timm_backbones')
+
+
+def _modules(pattern):
+    return sorted(glob.glob(os.path.join(PACKAGE, pattern), recursive=True))
+
+
+def _imported(path):
+    """Absolute names of the package's modules that `path` imports (relative imports resolved)."""
+    rel = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+    package = rel[:-1]
+    names = []
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                names.append('.'.join(base + ([node.module] if node.module else [])))
+            elif node.module:
+                names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return [n for n in names if n.split('.')[0] == 'timm_backbones']
+
+
+CORE = [p for p in _modules('_*.py') if not p.endswith('__init__.py')]
+
+
+@pytest.mark.parametrize('path', CORE, ids=os.path.basename)
+def test_core_imports_only_the_core(path):
+    outside = [n for n in _imported(path)
+               if n.split('.')[1:2] and n.split('.')[1] in ('wiring', 'engine', 'data', 'sweep')]
+    assert not outside, f'{path} imports {outside}'
+
+
+@pytest.mark.parametrize('path', _modules('wiring/*.py'), ids=os.path.basename)
+def test_wiring_imports_only_the_core(path):
+    outside = [n for n in _imported(path)
+               if n.split('.')[1:2] and n.split('.')[1] in ('engine', 'data', 'sweep')]
+    assert not outside, f'{path} imports {outside}'
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'tools', '*.py'))),
+                         ids=os.path.basename)
+def test_tools_use_public_names(path):
+    private = [n for n in _imported(path) if any(p.startswith('_') for p in n.split('.')[1:])]
+    assert not private, f'{path} imports private modules {private}'
+
+
+@pytest.mark.parametrize('path', _modules('**/*.py'), ids=lambda p: os.path.relpath(p, PACKAGE))
+def test_every_module_says_what_it_owns(path):
+    if os.path.basename(path) == 'version.py':
+        return
+    assert ast.get_docstring(ast.parse(open(path).read())), f'{path} has no module docstring'
