@@ -28,14 +28,7 @@ register_all_modules()
 BN = dict(type='BN')  # for configs written with SyncBN (no process group on the CPU)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    # One intra-op thread: on a shared, busy 2-core machine two threads stall each other (one
-    # efficientnet_b0 forward measured 4 s with 2 threads, 0.04 s with 1). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,9 +212,11 @@ def plain_detector(path, name, **changes):
     model = mmdet_model(path, timm(name), neck=dict(in_channels='auto'),
                         data_preprocessor=dict(pad_size_divisor='auto'), **changes)
     detector, cfg = build_detector(model)
-    # the levels the neck reads: FPN's start_level=1 (RetinaNet) drops stride 4 (see below)
-    start = 1 if model['neck'].get('start_level', 0) == 1 and name in PLAIN else 0
-    assert detector.backbone.out_strides == [4, 8, 16, 32][start:]
+    # FPN's start_level=1 (RetinaNet) does not read level 0: a plain model's pyramid passes its
+    # stride-16 source through there instead of building a stride-4 branch (see below)
+    skipped = model['neck'].get('start_level', 0) == 1 and name in PLAIN
+    patch = detector.backbone.levels[-1].stride  # the source's stride: 16, or 14 for EVA02
+    assert detector.backbone.out_strides == ([patch] if skipped else [4]) + [8, 16, 32]
     assert cfg['data_preprocessor']['pad_size_divisor'] == 32
     return detector, cfg
 
@@ -240,11 +235,12 @@ def test_retinanet_plain_and_windowed(name):
     data = make_batch(detector, LARGE, num_images=1)
     assert tuple(data['inputs'].shape[-2:]) == LARGE
     # FPN's start_level=1 skips the first level: for plain models resolve_config makes the
-    # automatic pyramid build only the strides FPN reads (8, 16, 32; start_level 0), so every
-    # pyramid branch gets a gradient (an unused branch would make DDP fail)
+    # automatic pyramid build only the strides FPN reads (8, 16, 32) and pass its source through
+    # at level 0, so every pyramid parameter gets a gradient (an unused branch would make DDP
+    # fail; train_step checks it); the config's own start_level is kept
     if detector.backbone.pyramid is not None:
-        assert cfg['backbone']['pyramid_strides'] == [8, 16, 32]
-        assert cfg['neck']['start_level'] == 0
+        assert cfg['backbone']['pyramid_strides'] == [None, 8, 16, 32]
+        assert cfg['neck']['start_level'] == 1
     train_step(detector, data)
     specs = detector.backbone.feature_specs
     check_shapes(seen[detector.backbone], specs, LARGE)

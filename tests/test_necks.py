@@ -26,14 +26,7 @@ register_all_modules()
 BN = dict(type='BN')  # for configs written with SyncBN (no process group on the CPU)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _one_thread():
-    # One intra-op thread: on a shared, busy 2-core machine two threads stall each other (one
-    # efficientnet_b0 forward measured 4 s with 2 threads, 0.04 s with 1). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,20 @@ def test_pyramid_layouts_and_options():
     assert b.out_strides == [16, 16, 16, 16]
 
 
+def test_skipped_levels_pass_their_source_through():
+    # a None stride is a level the neck does not read: no parameters, the source map (cropped
+    # to ceil(input / its stride)) comes out unchanged
+    b = TimmBackbone('vit_tiny_patch16_224', pyramid_strides=(None, 8, 16, 32)).eval()
+    assert b.out_strides == [16, 8, 16, 32] and b.out_channels == [192, 96, 192, 192]
+    assert list(b.pyramid.branches[0].parameters()) == []
+    x = torch.rand(1, 3, *SIZE)  # 320x416: multiples of 16, so nothing is cropped
+    with torch.no_grad():
+        outs = b(x)
+        source = b.model(x)[-1]
+    _exact_shapes(b, outs, SIZE)
+    assert torch.equal(outs[0], source)
+
+
 def test_pyramid_errors():
     with pytest.raises(ValueError, match=r"is hierarchical.*Use pyramid=None"):
         TimmBackbone('resnet18', pyramid='simple')  # hierarchical models need no pyramid
@@ -67,6 +81,8 @@ def test_pyramid_errors():
         TimmBackbone('vit_tiny_patch16_224', pyramid='fpn')
     with pytest.raises(ValueError, match='pyramid_strides must be increasing'):
         TimmBackbone('vit_tiny_patch16_224', pyramid_strides=(16, 8))
+    with pytest.raises(ValueError, match='pyramid_strides must be increasing'):
+        TimmBackbone('vit_tiny_patch16_224', pyramid_strides=(None, None))  # builds nothing
 
 
 @pytest.mark.parametrize('name,divisor', [('swin_tiny_patch4_window7_224', 32),

@@ -93,16 +93,25 @@ def _meta_model(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
     try:
         model = create_features(model_name, kwargs, None, meta=True)
     except ValueError as meta_err:
-        try:
-            model = create_features(model_name, kwargs, None, meta=False)
-        except ValueError:
-            raise meta_err from None
+        # arguments the model does not take fail on every device: no CPU build for those
+        cpu = None if isinstance(meta_err.__cause__, TypeError) else _cpu_build(model_name, kwargs)
+        if cpu is None:
+            raise  # the meta build's error, with timm's error as its cause
+        model = cpu
         print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
                   f'from a CPU build', logger='current', level=logging.WARNING)
     _MODELS[key] = model
     while len(_MODELS) > _MODELS_KEPT:
         _MODELS.popitem(last=False)
     return model
+
+
+def _cpu_build(model_name: str, kwargs: Dict[str, Any]) -> Optional[nn.Module]:
+    """A real CPU build, or None where it fails too."""
+    try:
+        return create_features(model_name, kwargs, None, meta=False)
+    except ValueError:
+        return None
 
 
 def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
