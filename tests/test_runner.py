@@ -298,6 +298,7 @@ def save_checkpoint(model, path, **extra):
 def write_config(tmp_path):
     path = tmp_path / 'cfg.py'
     Config(dict(model=detector_cfg('resnet18', pretrained=True), default_scope='mmdet',
+                custom_imports=dict(imports=['timm_backbones.data']),
                 test_dataloader=dict(dataset=dict(type='SyntheticShapesDataset')))).dump(path)
     return str(path)
 

@@ -111,16 +111,24 @@ def trained(tiny):
 
 
 def test_package_import_registers_what_configs_name():
-    # custom_imports=['timm_backbones'] is all the shared base config imports
+    # the shared base config's custom_imports register everything the configs name; the plugin
+    # import itself stays light: `import timm_backbones` loads no mmdet datasets (pycocotools,
+    # matplotlib), only `timm_backbones.data` does
     run([sys.executable, '-c', textwrap.dedent("""
+        import importlib, sys
         import timm_backbones
-        from mmdet.registry import DATASETS, HOOKS, METRICS, RUNNERS
+        assert 'mmdet.datasets' not in sys.modules and 'pycocotools' not in sys.modules
         from mmengine.config import Config
-        runner_type = Config.fromfile('configs/_base_/timm_runtime.py').runner_type
-        assert RUNNERS.get(runner_type) is not None, runner_type
+        cfg = Config.fromfile('configs/_base_/timm_runtime.py', import_custom_modules=False)
+        from mmdet.registry import DATASETS, HOOKS, METRICS, MODELS, RUNNERS
+        assert MODELS.get('TimmBackbone') is not None and MODELS.get('timm.resnet18') is not None
+        assert RUNNERS.get(cfg.runner_type) is not None, cfg.runner_type
+        assert HOOKS.get('LossCurveHook') is not None
+        for name in cfg.custom_imports.imports:
+            importlib.import_module(name)
         assert DATASETS.get('SyntheticShapesDataset') is not None
         assert METRICS.get('SyntheticCocoMetric') is not None
-        assert HOOKS.get('LossCurveHook') is not None
+        assert timm_backbones.SyntheticShapesDataset is DATASETS.get('SyntheticShapesDataset')
         """)])
 
 

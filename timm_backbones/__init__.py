@@ -11,15 +11,20 @@ Layout:
     sweep: checks of timm architectures through the whole wiring (tools/sweep.py).
 
 Importing the package registers, in mmdet's registries: `TimmBackbone` and one `timm.<arch>`
-entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS), `SyntheticShapesDataset`
-(DATASETS), `SyntheticCocoMetric` (METRICS) and `LossCurveHook` (HOOKS).
+entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS) and `LossCurveHook`
+(HOOKS). The plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
+`SyntheticCocoMetric` in METRICS) needs mmdet's datasets and pycocotools, so it registers when
+`timm_backbones.data` is imported (the shared base config `configs/_base_/timm_runtime.py` lists
+it in `custom_imports`) or when one of its names is first read from this package.
 """
+import importlib
+from typing import Any
+
 from ._backbone import TimmBackbone
 from ._plan import feature_specs
 from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
 from ._specs import FeatureSpec
-from .data import SyntheticCocoMetric, SyntheticShapesDataset, make_synthetic_coco
 from .engine import LossCurveHook, TimmBackboneRunner, build_detector, init_detector
 from .version import __version__
 from .wiring import has_timm_backbone, resolve_config
@@ -28,3 +33,13 @@ __all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'resolve_config', 'ha
            'init_detector', 'build_detector', 'TimmBackboneRunner', 'SimplePyramid',
            'SyntheticShapesDataset', 'SyntheticCocoMetric', 'make_synthetic_coco',
            'LossCurveHook', 'TIMM_MODELS', '__version__']
+
+_LAZY = {'SyntheticShapesDataset': 'data', 'SyntheticCocoMetric': 'data',
+         'make_synthetic_coco': 'data'}
+
+
+def __getattr__(name: str) -> Any:
+    """The built-in data's public names, imported on first use (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,9 +1,10 @@
 # Shared by every timm_backbones config; list it after the mmdet base config(s):
 #   _base_ = ['mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', './_base_/timm_runtime.py']
 #
-# - custom_imports: importing timm_backbones registers TimmBackbone, `timm.<arch>`, the runner,
-#   the synthetic dataset and hooks, so mmdet's own tools/train.py and tools/test.py load these
-#   configs too.
+# - custom_imports: importing timm_backbones registers TimmBackbone, `timm.<arch>`, the runner
+#   and hooks; timm_backbones.data registers the built-in synthetic dataset and metric (kept out
+#   of the plugin import itself, which stays light). mmdet's own tools/train.py and
+#   tools/test.py load these configs too.
 # - runner_type: TimmBackboneRunner resolves 'auto' channel/stride fields from the timm backbone
 #   before building, keeps timm's fused norm+act layers under SyncBN (sync_bn='torch'), loads
 #   checkpoints weights-only, and runs `--launcher pytorch` on CPUs (gloo).
@@ -13,7 +14,8 @@
 # (--cfg-options model.backbone.pretrained=/path/to/pytorch_model.bin), or use
 # pretrained=False (random init). The data preprocessors keep mmdet's RGB ImageNet mean/std,
 # which is what the timm weights used here were trained with.
-custom_imports = dict(imports=['timm_backbones'], allow_failed_imports=False)
+custom_imports = dict(imports=['timm_backbones', 'timm_backbones.data'],
+                      allow_failed_imports=False)
 # Scoped name: mmdet's tools/train.py looks runners up in mmengine's root registry, with no default
 # scope set yet; the runner is registered in mmdet's.
 runner_type = 'mmdet.TimmBackboneRunner'
