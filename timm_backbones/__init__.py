@@ -12,7 +12,8 @@ Layout:
 
 Importing the package registers, in mmdet's registries: `TimmBackbone` and one `timm.<arch>`
 entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS), `SyntheticShapesDataset`
-(DATASETS), `SyntheticCocoMetric` (METRICS) and `LossCurveHook` (HOOKS).
+(DATASETS), `SyntheticCocoMetric` (METRICS), `LossCurveHook` (HOOKS) and
+`TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS).
 """
 from ._backbone import TimmBackbone
 from ._plan import feature_specs
@@ -20,11 +21,13 @@ from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
 from ._specs import FeatureSpec
 from .data import SyntheticCocoMetric, SyntheticShapesDataset, make_synthetic_coco
-from .engine import LossCurveHook, TimmBackboneRunner, build_detector, init_detector
+from .engine import (LossCurveHook, TimmBackboneRunner, TimmLayerDecayOptimWrapperConstructor,
+                     build_detector, init_detector)
 from .version import __version__
 from .wiring import has_timm_backbone, resolve_config
 
 __all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'resolve_config', 'has_timm_backbone',
            'init_detector', 'build_detector', 'TimmBackboneRunner', 'SimplePyramid',
            'SyntheticShapesDataset', 'SyntheticCocoMetric', 'make_synthetic_coco',
-           'LossCurveHook', 'TIMM_MODELS', '__version__']
+           'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'TIMM_MODELS',
+           '__version__']
