@@ -8,7 +8,8 @@ no weights), with timm's `no_weight_decay()` names, as `timm.optim.create_optimi
 them. The feature wrappers lack `group_matcher` and rename modules (FeatureListNet: `stages.0` ->
 `stages_0`; FeatureGetterNet keeps the model under `model.`), so parameter names are mapped from
 the wrapper onto the full model. The classifier head (not in the backbone) holds timm's top layer,
-so the last backbone layer gets `rate`, as in timm's fine-tuning recipes. Necks, heads and the
+so the last backbone layer gets `rate`, as in timm's fine-tuning recipes (a headless tag such as
+`.mae` is built with a head for this). Necks, heads and the
 simple pyramid keep the base lr.
 
 The constructor builds on mmengine's `DefaultOptimWrapperConstructor`, so `custom_keys`,
@@ -32,6 +33,9 @@ from .._backbone import TimmBackbone
 __all__ = ['TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'LayerSetting']
 
 LayerSetting = Tuple[float, bool]  # (lr scale, whether weight decay applies)
+# timm fine-tunes a model with a classifier head, its top layer; headless tags get one, so the
+# last backbone block gets `rate` whatever the tag
+_HEAD_CLASSES = 1000
 
 
 @functools.lru_cache(maxsize=64)
@@ -43,6 +47,8 @@ def _full_model_settings(model_name: str, kwargs_items: Tuple[Tuple[str, Any], .
     try:
         with torch.device('meta'):
             full = timm.create_model(model_name, **kwargs)
+            if getattr(full, 'num_classes', None) == 0:  # a headless tag (e.g. '.mae')
+                full = timm.create_model(model_name, **dict(kwargs, num_classes=_HEAD_CLASSES))
     except Exception as err:  # noqa: BLE001 - timm's build errors have many types
         raise ValueError(
             f'layer_decay_rate: the full timm model {model_name!r} (with {kwargs}) does not '
