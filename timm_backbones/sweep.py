@@ -153,7 +153,7 @@ def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:
         'groups'
     """
     from ._backbone import TimmBackbone
-    from .engine import layer_decay_settings
+    from .engine import NoGroupMatcherError, layer_decay_settings
     try:
         with torch.device('meta'):
             backbone = TimmBackbone(name)
@@ -161,9 +161,8 @@ def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:
         return 'rejected', f'{type(err).__name__}: {err}'
     try:
         settings = layer_decay_settings(backbone, rate)
-    except ValueError as err:
-        status = 'no_group_matcher' if 'has no group_matcher' in str(err) else 'failed'
-        return status, str(err)
+    except NoGroupMatcherError as err:
+        return 'no_group_matcher', str(err)
     except Exception as err:  # the sweep records every failure with its reason
         return 'failed', f'{type(err).__name__}: {err}'
     named = [n for n, _ in backbone.model.named_parameters()]

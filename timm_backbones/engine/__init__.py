@@ -5,8 +5,9 @@ Importing it registers `TimmBackboneRunner` (RUNNERS), `LossCurveHook` (HOOKS) a
 """
 from ._api import build_detector, init_detector
 from ._hooks import LossCurveHook
-from ._layer_decay import TimmLayerDecayOptimWrapperConstructor, layer_decay_settings
+from ._layer_decay import (NoGroupMatcherError, TimmLayerDecayOptimWrapperConstructor,
+                           layer_decay_settings)
 from ._runner import TimmBackboneRunner
 
 __all__ = ['TimmBackboneRunner', 'build_detector', 'init_detector', 'LossCurveHook',
-           'TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings']
+           'TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'NoGroupMatcherError']

@@ -30,12 +30,17 @@ from torch import nn
 
 from .._backbone import TimmBackbone
 
-__all__ = ['TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'LayerSetting']
+__all__ = ['TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'LayerSetting',
+           'NoGroupMatcherError']
 
 LayerSetting = Tuple[float, bool]  # (lr scale, whether weight decay applies)
 # timm fine-tunes a model with a classifier head, its top layer; headless tags get one, so the
 # last backbone block gets `rate` whatever the tag
 _HEAD_CLASSES = 1000
+
+
+class NoGroupMatcherError(ValueError):
+    """The timm model has no `group_matcher`: its layers, and so layer decay, are unknown."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -55,7 +60,7 @@ def _full_model_settings(model_name: str, kwargs_items: Tuple[Tuple[str, Any], .
             f'build, so its layers cannot be read ({type(err).__name__}: {err}). Remove '
             f'layer_decay_rate (use the default optimizer constructor).') from err
     if not callable(getattr(full, 'group_matcher', None)):
-        raise ValueError(
+        raise NoGroupMatcherError(
             f"layer_decay_rate: timm's {type(full).__name__} ({model_name!r}) has no "
             f'group_matcher, so its layers are not known (timm itself would group parameters by '
             f'count). Layer-wise lr decay is unavailable for this model: remove '
@@ -122,7 +127,7 @@ def layer_decay_settings(backbone: TimmBackbone, rate: float) -> Dict[str, Layer
         (lr scale, decays)}; the pyramid's parameters are not included (base lr).
 
     Raises:
-        ValueError: The model has no `group_matcher` (its layers are unknown).
+        NoGroupMatcherError: The model has no `group_matcher` (its layers are unknown).
 
     Example:
         >>> settings = layer_decay_settings(TimmBackbone('convnext_atto'), 0.8)
