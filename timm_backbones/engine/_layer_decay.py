@@ -132,7 +132,7 @@ def layer_decay_settings(backbone: TimmBackbone, rate: float) -> Dict[str, Layer
     Example:
         >>> settings = layer_decay_settings(TimmBackbone('convnext_atto'), 0.8)
         >>> settings['model.stem_0.weight'], settings['model.stages_3.blocks.1.mlp.fc2.bias']
-        ((0.0563..., True), (0.8, False))
+        ((0.0549..., True), (0.8, False))
     """
     kwargs = tuple(sorted((k, _hashable(v)) for k, v in backbone.plan.kwargs.items()))
     by_full = _full_model_settings(backbone.model_name, kwargs, float(rate))

@@ -212,7 +212,8 @@ def largest_image(cfg: Mapping, preprocessor: Optional[Mapping] = None) -> Size:
             transform).
 
     Example:
-        >>> largest_image(Config.fromfile('configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py'))
+        >>> cfg = Config.fromfile('configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
+        >>> largest_image(cfg, cfg.model.data_preprocessor)
         (256, 256)
     """
     found = list(_pipelines(cfg))
