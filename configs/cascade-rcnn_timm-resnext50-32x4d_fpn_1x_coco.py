@@ -2,6 +2,7 @@
 _base_ = ['mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', './_base_/timm_runtime.py']
 
 model = dict(
+    data_preprocessor=dict(mean='auto', std='auto'),  # timm pretrained_cfg of the backbone
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',

@@ -3,7 +3,8 @@
 _base_ = ['mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py', './_base_/timm_runtime.py']
 
 model = dict(
-    data_preprocessor=dict(pad_size_divisor='auto'),  # Swin's windows: multiples of 32 (base: 1)
+    data_preprocessor=dict(  # Swin's windows: multiples of 32 (base: 1); timm's normalization
+        pad_size_divisor='auto', mean='auto', std='auto'),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',

@@ -2,8 +2,8 @@
 _base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', './_base_/timm_runtime.py']
 
 model = dict(
-    data_preprocessor=dict(  # timm weights: RGB, ImageNet mean/std (the base is caffe-style BGR)
-        mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
+    data_preprocessor=dict(  # RGB, timm's normalization (the base is caffe-style BGR)
+        mean='auto', std='auto', bgr_to_rgb=True),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',

@@ -9,6 +9,7 @@ synthetic = dict(num_train=400, num_val=100, img_size=(256, 256), seed=0)
 classes = ('circle', 'square', 'triangle', 'star', 'cross')
 
 model = dict(
+    data_preprocessor=dict(mean='auto', std='auto'),  # timm pretrained_cfg of the backbone
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',

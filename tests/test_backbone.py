@@ -75,40 +75,7 @@ def _bn_stats(module):
     return {n: b.clone() for n, b in module.named_buffers() if 'running' in n}
 
 
-@pytest.mark.parametrize('name', [n for n in REPRESENTATIVE if n != 'hrnet_w18_small'])
-def test_frozen_stages(name):
-    backbone = TimmBackbone(name, frozen_stages=2)
-    backbone.train()
-    frozen = {id(p) for p in backbone.parameters() if not p.requires_grad}
-    assert frozen, 'frozen_stages=2 froze nothing'
-    assert len(frozen) < len(list(backbone.parameters())), 'froze everything'
-    # the first level's module is frozen, the deepest requested level is not
-    first = dict(backbone.model.named_modules())[
-        timm_backbones._freeze.find_module(backbone.model, backbone.levels[0].module)]
-    assert all(not p.requires_grad for p in first.parameters())
-    frozen_modules = backbone.frozen_modules()
-    assert frozen_modules and all(not m.training for m in frozen_modules)
-    stats = {id(m): _bn_stats(m) for m in frozen_modules}
-    outs = backbone(torch.rand(2, 3, 224, 224))
-    sum(o.float().mean() for o in outs).backward()
-    for p in backbone.parameters():
-        if id(p) in frozen:
-            assert p.grad is None  # frozen params get no gradient
-    assert any(p.grad is not None for p in backbone.parameters() if p.requires_grad)
-    for m in frozen_modules:  # running stats of frozen stages do not move
-        for n, before in stats[id(m)].items():
-            assert torch.equal(before, dict(m.named_buffers())[n])
-    backbone.train(True)  # train() re-applies eval mode
-    assert all(not m.training for m in frozen_modules)
-
-
-def test_frozen_stages_zero_is_stem_only():
-    backbone = TimmBackbone('resnet18', frozen_stages=0)
-    frozen = [n for n, p in backbone.named_parameters() if not p.requires_grad]
-    assert frozen and all(n.startswith(('model.conv1', 'model.bn1')) for n in frozen)
-    backbone = TimmBackbone('resnet18', frozen_stages=2)  # + act1 (level 0) + layer1 (level 1)
-    frozen = {n.split('.')[1] for n, p in backbone.named_parameters() if not p.requires_grad}
-    assert frozen == {'conv1', 'bn1', 'layer1'}
+# frozen_stages: tests/test_freeze.py
 
 
 @pytest.mark.parametrize('name', ['resnet18', 'efficientnet_b0', 'convnext_atto',
@@ -304,7 +271,7 @@ BAD_INPUTS = [
           "'dla34' does not support output_stride=16"),
     _rule('frozen_stages within the stages',
           lambda: TimmBackbone('resnet18', frozen_stages=7), ValueError,
-          r'(?s)frozen_stages=7 out of range.*1\.\.5'),
+          r'(?s)frozen_stages=7 out of range.*1\.\.4 \(the stem and that many stages\)'),
     _rule('frozen_stages needs locatable stages',
           lambda: TimmBackbone('hrnet_w18_small', frozen_stages=2), ValueError,
           "frozen_stages=2 is not available for 'hrnet_w18_small'.*frozen_stages=-1"),

@@ -226,7 +226,8 @@ def _check_stem_frozen(model):
 
 
 def test_frozen_stages_survive_runner_sync_bn(tmp_path, dist_env):
-    # frozen_stages=1: the stem and level 0; the stem's BatchNormAct2d is replaced by the runner
+    # frozen_stages=1: the stem (with the stride-2 level) and the first stage; the stem's
+    # BatchNormAct2d is replaced by the runner
     model = build('efficientnet_b0', frozen_stages=1)
     runner = make_runner(tmp_path, model, launcher='pytorch', sync_bn='torch')
     assert isinstance(runner.model.module.backbone.model.bn1, SyncBatchNormAct)

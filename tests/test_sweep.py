@@ -9,7 +9,7 @@ import pytest
 import timm
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones.sweep import check_architecture, is_plain
+from timm_backbones.sweep import check_architecture, check_layer_decay, is_plain
 
 
 @pytest.mark.slow
@@ -19,6 +19,19 @@ def test_architecture_wires_into_retinanet(name):
     assert result.status in ('ok', 'rejected'), result.reason
     if result.status == 'ok' and is_plain(name):
         assert result.strides == [4, 8, 16, 32]  # a true pyramid, not four stride-16 maps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', timm.list_models())
+def test_layer_decay_groups_or_clear_error(name):
+    # every architecture gets timm's layer-decay groups or the clear no-group_matcher error
+    status, reason = check_layer_decay(name)
+    assert status in ('groups', 'no_group_matcher', 'rejected'), reason
+
+
+def test_layer_decay_check_itself():
+    assert check_layer_decay('convnext_atto') == ('groups', '13 layers')  # stem + 12 blocks
+    assert check_layer_decay('pit_ti_224')[0] == 'no_group_matcher'
 
 
 def test_sweep_check_itself():

@@ -11,8 +11,8 @@ Layout:
     sweep: checks of timm architectures through the whole wiring (tools/sweep.py).
 
 Importing the package registers, in mmdet's registries: `TimmBackbone` and one `timm.<arch>`
-entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS) and `LossCurveHook`
-(HOOKS). The plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
+entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS), `LossCurveHook` (HOOKS)
+and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS). The plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
 `SyntheticCocoMetric` in METRICS) needs mmdet's datasets and pycocotools, so it registers when
 `timm_backbones.data` is imported (the shared base config `configs/_base_/timm_runtime.py` lists
 it in `custom_imports`) or when one of its names is first read from this package.
@@ -25,14 +25,16 @@ from ._plan import feature_specs
 from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
 from ._specs import FeatureSpec
-from .engine import LossCurveHook, TimmBackboneRunner, build_detector, init_detector
+from .engine import (LossCurveHook, TimmBackboneRunner, TimmLayerDecayOptimWrapperConstructor,
+                     build_detector, init_detector)
 from .version import __version__
 from .wiring import has_timm_backbone, resolve_config
 
 __all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'resolve_config', 'has_timm_backbone',
            'init_detector', 'build_detector', 'TimmBackboneRunner', 'SimplePyramid',
            'SyntheticShapesDataset', 'SyntheticCocoMetric', 'make_synthetic_coco',
-           'LossCurveHook', 'TIMM_MODELS', '__version__']
+           'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'TIMM_MODELS',
+           '__version__']
 
 _LAZY = {'SyntheticShapesDataset': 'data', 'SyntheticCocoMetric': 'data',
          'make_synthetic_coco': 'data'}

@@ -9,7 +9,7 @@ from timm.models import FeatureHookNet
 from torch import Tensor, nn
 
 from ._checkpoint import checkpoint_loading
-from ._freeze import find_module, stage_split
+from ._freeze import find_module, first_stage, stage_split
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
 from ._plan import level_specs, plan_backbone, unknown_options_message
 from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
@@ -33,8 +33,11 @@ class TimmBackbone(BaseModule):
         in_channels: Number of image channels (timm's `in_chans`).
         pretrained: False, True (timm's hub weights), or a path to a timm-format weight file,
             loaded into the model before it is wrapped for feature extraction.
-        frozen_stages: -1 freezes nothing, 0 the stem, k the stem and levels 0..k-1
-            (`requires_grad=False`, kept in eval mode across `train()`).
+        frozen_stages: mmdet's meaning on every family: -1 freezes nothing, 0 the stem, k the
+            stem and the first k stages (`requires_grad=False`, kept in eval mode across
+            `train()`). The stem is everything before the first level of stride >= 4 (resnet's
+            stride-2 level is stem); the stages are the levels from there on (ViT: its blocks).
+            timm's resnet50 with frozen_stages=1 freezes what mmdet's ResNet-50 does.
         norm_eval: Keep every normalization layer in eval mode while training.
         frozen_bn: Convert batch norms to timm's frozen BN (fused activations kept).
         sync_bn: Convert batch norms to SyncBatchNorm with timm's converter (BatchNormAct2d
@@ -154,7 +157,8 @@ class TimmBackbone(BaseModule):
         return [s.stride for s in self.feature_specs]
 
     def _freeze(self) -> None:
-        needed = range(max(self.frozen_stages, 1))
+        start = first_stage(self.levels)
+        needed = range(start, min(start + max(self.frozen_stages, 1), len(self.levels)))
         built = max(self.plan.timm_indices)
         paths = [find_module(self.model, self.levels[i].module) for i in needed]
         missing = [self.levels[i].module for i, p in zip(needed, paths) if not p and i <= built]
@@ -234,13 +238,17 @@ class TimmBackbone(BaseModule):
 
 def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],
                          model_name: str) -> int:
-    n = len(levels)
+    start = first_stage(levels)
+    n = len(levels) - start
     if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or \
             not -1 <= frozen_stages <= n:
+        stages = format_specs(levels[start:], range(1, n + 1))
+        stem = (f'levels {list(range(start))} (stride < 4) are part of the stem, '
+                if start else '')
         raise ValueError(
             f'frozen_stages={frozen_stages!r} out of range for {model_name!r}: use -1 (nothing), '
-            f'0 (the stem) or 1..{n} (the stem and that many levels).\n'
-            f'Levels:\n{format_specs(levels)}')
+            f'0 (the stem) or 1..{n} (the stem and that many stages). Stages are counted as in '
+            f'mmdet: {stem}stage k is the level listed as k below.\nStages:\n{stages}')
     return frozen_stages
 
 

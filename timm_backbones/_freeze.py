@@ -1,13 +1,42 @@
-"""Generic stage freezing for timm feature extractors (`frozen_stages`).
+"""Generic stage freezing for timm feature extractors (`frozen_stages`, with mmdet's meaning).
 
-Nothing here knows a model family: stages are located from `feature_info` module names, in the
-order modules are registered. Norm layers are `_norms.py`'s.
+mmdet's backbones count `frozen_stages` the same way on every family: -1 freezes nothing, 0 the
+stem, k the stem and the first k stages. Here the stem is everything before the first feature
+level of stride >= 4 (resnet's stride-2 level `act1` belongs to the stem, as mmdet's ResNet puts
+conv1/bn1 there), and the stages are the levels from that one on (plain models such as ViT: one
+stage per block, with `patch_embed` and the position/class tokens in the stem). So
+`frozen_stages=1` on timm's resnet50 freezes what mmdet's `ResNet(depth=50, frozen_stages=1)`
+freezes, and the same number means the same thing after a backbone swap.
+
+Nothing here knows a model family: stages are located from `feature_info` strides and module
+names, in the order modules are registered. Norm layers are `_norms.py`'s.
 """
 from typing import List, Sequence, Tuple
 
 from torch import nn
 
-__all__ = ['find_module', 'stage_split']
+from ._specs import FeatureSpec
+
+__all__ = ['STEM_STRIDE', 'find_module', 'first_stage', 'stage_split']
+
+STEM_STRIDE = 4  # levels of smaller stride belong to the stem (mmdet's stages start at stride 4)
+
+
+def first_stage(levels: Sequence[FeatureSpec]) -> int:
+    """The index of the first level of stride >= `STEM_STRIDE`: the first stage. Levels before it
+    (strides 1 and 2: resnet's act1, efficientnet's blocks.0, vgg's first convs) are stem.
+
+    Args:
+        levels: Every feature level of the model, in level order.
+
+    Example:
+        >>> first_stage(plan_backbone('resnet50').levels)  # strides 2, 4, 8, 16, 32
+        1
+    """
+    for i, level in enumerate(levels):
+        if level.stride >= STEM_STRIDE:
+            return i
+    return len(levels)
 
 
 def find_module(model: nn.Module, name: str) -> str:
@@ -43,31 +72,39 @@ def find_module(model: nn.Module, name: str) -> str:
     return min(nested, key=len) if nested else ''
 
 
-def stage_split(model: nn.Module, level_paths: Sequence[str], num_frozen: int
+def stage_split(model: nn.Module, stage_paths: Sequence[str], num_frozen: int
                 ) -> Tuple[List[nn.Parameter], List[str]]:
-    """The parameters and the modules of the stem and the first `num_frozen` feature levels.
+    """The parameters and the modules of the stem and the first `num_frozen` stages.
 
     Modules are taken in registration order (`named_modules()`), which timm models follow in
-    their forward: the stem is everything before level 0's module, level k ends with the last
-    module inside level k's module.
+    their forward: the stem is everything before stage 0's module, stage k ends with the last
+    module inside stage k's module.
 
     Args:
         model: A timm feature extractor.
-        level_paths: Paths (see `find_module`) of every level's module, in level order; '' for
-            a level the wrapper does not hold (pruned after the last requested level).
-        num_frozen: 0 freezes the stem only, k the stem and levels 0..k-1.
+        stage_paths: Paths (see `find_module`) of every stage's module (the levels from
+            `first_stage` on), in order; '' for a stage the wrapper does not hold (pruned after
+            the last requested level).
+        num_frozen: 0 freezes the stem only, k the stem and stages 0..k-1.
 
     Returns:
         (parameters to freeze, paths of the maximal modules to keep in eval mode). Paths, not
         module objects: they stay valid when a converter (SyncBN, frozen BN) swaps modules.
+
+    Example:
+        >>> model = timm.create_model('resnet18', features_only=True)
+        >>> _, paths = stage_split(model, ['layer1', 'layer2', 'layer3', 'layer4'], 1)
+        >>> paths
+        ['conv1', 'bn1', 'act1', 'maxpool', 'layer1']
     """
     names = [n for n, _ in model.named_modules()]
     modules = [m for _, m in model.named_modules()]
     if num_frozen == 0:
-        cut = names.index(level_paths[0]) - 1 if level_paths[0] else len(names) - 1
+        first = stage_paths[0] if stage_paths else ''
+        cut = names.index(first) - 1 if first else len(names) - 1
     else:
-        path = level_paths[num_frozen - 1]
-        if not path:  # level pruned away: everything the wrapper holds comes before it
+        path = stage_paths[num_frozen - 1]
+        if not path:  # stage pruned away: everything the wrapper holds comes before it
             cut = len(names) - 1
         else:
             cut = max(i for i, n in enumerate(names) if n == path or n.startswith(path + '.'))

@@ -129,6 +129,10 @@ def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
                 f"(a model that takes any size needs input_size='any'; some fixed-size models "
                 f'only take square sizes). {err}') from err
         return size
+    if input_size == 'auto':  # filled by wiring/_pipeline.py
+        raise ValueError("input_size='auto' is filled by resolve_config from the config's data "
+                         'pipelines (TimmBackboneRunner does it before building); building a '
+                         "backbone directly, pass input_size=(height, width) or 'any'.")
     if input_size not in INPUT_SIZES:
         raise ValueError(f"input_size must be 'any', 'fixed' or (height, width), got "
                          f'{input_size!r}')

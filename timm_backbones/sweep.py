@@ -13,7 +13,8 @@ import torch
 from ._plan import feature_specs, plan_backbone, plan_from_config
 from ._specs import size_near
 
-__all__ = ['SweepResult', 'check_architecture', 'retinanet_config', 'is_plain']
+__all__ = ['SweepResult', 'check_architecture', 'retinanet_config', 'is_plain',
+           'check_layer_decay']
 
 DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
 
@@ -135,3 +136,36 @@ def is_plain(name: str) -> bool:
     except (ValueError, TypeError):
         return False
     return len({s.stride for s in levels}) == 1
+
+
+def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:
+    """Whether `TimmLayerDecayOptimWrapperConstructor` gives the default backbone of `name`
+    layer-decay groups (meta device, no weights).
+
+    Returns:
+        (status, reason): 'groups' (every backbone parameter got timm's layer scale; reason
+        names the number of layers), 'no_group_matcher' (the clear error for models without
+        one), 'rejected' (the backbone itself is rejected with a clear error of ours, before
+        layer decay) or 'failed' (anything else: a bug to fix).
+
+    Example:
+        >>> check_layer_decay('convnext_atto')[0]
+        'groups'
+    """
+    from ._backbone import TimmBackbone
+    from .engine import NoGroupMatcherError, layer_decay_settings
+    try:
+        with torch.device('meta'):
+            backbone = TimmBackbone(name)
+    except (ValueError, TypeError) as err:
+        return 'rejected', f'{type(err).__name__}: {err}'
+    try:
+        settings = layer_decay_settings(backbone, rate)
+    except NoGroupMatcherError as err:
+        return 'no_group_matcher', str(err)
+    except Exception as err:  # the sweep records every failure with its reason
+        return 'failed', f'{type(err).__name__}: {err}'
+    named = [n for n, _ in backbone.model.named_parameters()]
+    if len(settings) != len(named):
+        return 'failed', f'{len(settings)} of {len(named)} parameters got a layer scale'
+    return 'groups', f'{len({s for s, _ in settings.values()})} layers'

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import timm
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones.sweep import check_architecture, is_plain
+from timm_backbones.sweep import check_architecture, check_layer_decay, is_plain
 
 
 def main() -> None:
@@ -24,6 +24,9 @@ def main() -> None:
                         help='only models whose default levels share one stride')
     parser.add_argument('--limit', type=int, default=0, help='first N architectures only')
     parser.add_argument('--no-frozen', action='store_true', help='skip the frozen_stages check')
+    parser.add_argument('--layer-decay', action='store_true',
+                        help='count the architectures TimmLayerDecayOptimWrapperConstructor '
+                             'gives layer-decay groups (instead of the wiring sweep)')
     parser.add_argument('--out', help='JSON report path')
     args = parser.parse_args()
 
@@ -32,6 +35,9 @@ def main() -> None:
         names = [n for n in names if is_plain(n)]
     if args.limit:
         names = names[:args.limit]
+    if args.layer_decay:
+        layer_decay(names, args.out)
+        return
     results = []
     for i, name in enumerate(names):
         r = check_architecture(name, frozen=not args.no_frozen)
@@ -51,6 +57,21 @@ def main() -> None:
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(summary=summary, results=[asdict(r) for r in results]), f, indent=1)
+
+
+def layer_decay(names, out) -> None:
+    """The layer-decay count: groups / clear error (no group_matcher) / rejected / failed."""
+    results = {}
+    for i, name in enumerate(names):
+        status, reason = check_layer_decay(name)
+        results[name] = dict(status=status, reason=reason)
+        if status == 'failed':
+            print(f'[{i + 1}/{len(names)}] {name}: {status}: {reason[:300]}', flush=True)
+    summary = dict(total=len(names), **Counter(r['status'] for r in results.values()))
+    print(json.dumps(summary))
+    if out:
+        with open(out, 'w') as f:
+            json.dump(dict(summary=summary, results=results), f, indent=1)
 
 
 if __name__ == '__main__':

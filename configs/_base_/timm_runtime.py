@@ -12,8 +12,9 @@
 # Backbones with pretrained=True download timm's weights (Hugging Face hub) when the model is
 # built. Offline, point pretrained at a timm weight file instead
 # (--cfg-options model.backbone.pretrained=/path/to/pytorch_model.bin), or use
-# pretrained=False (random init). The data preprocessors keep mmdet's RGB ImageNet mean/std,
-# which is what the timm weights used here were trained with.
+# pretrained=False (random init). The configs' data preprocessors use mean='auto', std='auto':
+# resolve_config fills the normalization of the backbone's timm pretrained_cfg (RGB, 0..255),
+# and rejects explicit values that disagree with a pretrained backbone's.
 custom_imports = dict(imports=['timm_backbones', 'timm_backbones.data'],
                       allow_failed_imports=False)
 # Scoped name: mmdet's tools/train.py looks runners up in mmengine's root registry, with no default

@@ -24,6 +24,8 @@ from .._specs import FeatureSpec, SpecTuple, format_specs
 from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
                      NECK_FIELDS, ROI_EXTRACTORS)
 from ._necks import NECKS, supported_necks
+from ._pipeline import resolve_input_size
+from ._preprocess import resolve_normalization
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
@@ -49,8 +51,10 @@ def resolve_config(cfg: _CfgT) -> _CfgT:
     `backbone` is a timm backbone is resolved: neck input fields (a missing one counts as
     `'auto'`; see `_necks.NECKS` for the supported necks), dense heads' `in_channels` and strides
     (anchor/prior generators, FCOS-style `strides`), RoI extractors' `featmap_strides` and
-    `out_channels`, and the `num_levels` of DETR-style multi-scale attention. Explicit values are
-    checked against the backbone. Resolving a resolved config changes nothing.
+    `out_channels`, and the `num_levels` of DETR-style multi-scale attention; the data
+    preprocessor's `mean`/`std` (`_preprocess.py`: timm's pretrained normalization) and the
+    backbone's `input_size='auto'` (`_pipeline.py`: the largest image of the pipelines). Explicit
+    values are checked against the backbone. Resolving a resolved config changes nothing.
 
     Args:
         cfg: An mmengine `Config` or a config dict (the whole config, or a model dict). It is not
@@ -76,6 +80,8 @@ def resolve_config(cfg: _CfgT) -> _CfgT:
                         f'{type(cfg).__name__}')
     out = copy.deepcopy(cfg)
     for path, detector in _detectors(out, ''):
+        resolve_input_size(out, detector, path)  # before the levels are read: may rebuild
+        resolve_normalization(detector, path)
         _resolve_detector(detector, path)
     return out
 
