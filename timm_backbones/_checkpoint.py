@@ -87,8 +87,10 @@ def checkpoint_loading(filename: str) -> Iterator[None]:
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             yield
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, EOFError) as err:
         check_checkpoint_file(filename)  # a file that is no checkpoint at all says so
+        if isinstance(err, EOFError):
+            raise
         raise RuntimeError(_weights_only_message(filename)) from err
 
 
@@ -276,7 +278,10 @@ def check_load(report: LoadReport, min_fraction: float = MIN_LOADED, advice: str
     matched = set(report.loaded) | set(report.mismatched)
     unmatched = [k for k in report.found if k not in matched]
     hint = key_mismatch_hint([k for k in report.expected if k not in matched], unmatched)
-    if hint is None:
+    if report.mismatched and not unmatched:
+        why = ('the names match but the shapes differ: the file holds weights of another '
+               'variant or configuration of the model')
+    elif hint is None:
         why = 'no prefix makes the names match: the file holds weights of another model'
     elif hint[0] == 'strip':
         why = f"the file's names are the expected ones with {hint[1]!r} in front (prefix={hint[1]!r})"
