@@ -119,7 +119,7 @@ def _check_increasing(levels: Sequence[FeatureSpec], where: str, kind: Optional[
     below it: the levels must come shallow to deep, each stride at least the previous one."""
     strides = [lv.stride for lv in levels if lv.stride is not None]
     if any(b < a for a, b in zip(strides, strides[1:])):
-        indices = [lv.index for lv in levels]
+        indices = [lv.index for lv in all_levels]
         fix = (f', e.g. out_indices={tuple(sorted(indices))}' if None not in indices else '')
         raise _fail(where, f'{kind} needs its levels in increasing stride order (shallow to '
                            f'deep: it runs top-down from the last one and adds extra levels '
