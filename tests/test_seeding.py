@@ -153,3 +153,13 @@ def test_runner_applies_it_when_the_config_asks():
     # the shipped base config turns it on for every config that inherits it
     from helpers import ROOT
     assert Config.fromfile(f'{ROOT}/configs/_base_/timm_runtime.py').sample_seeding is True
+
+
+def test_pipeline_switch_reaches_the_wrapped_dataset():
+    # mmdet's PipelineSwitchHook (RTMDet configs) sets train_dataloader.dataset.pipeline
+    inner = Draws()
+    inner.pipeline = 'old'
+    dataset = PerSampleSeedDataset(inner)
+    assert dataset.pipeline == 'old'
+    dataset.pipeline = 'new'
+    assert inner.pipeline == 'new' and 'pipeline' not in vars(dataset)

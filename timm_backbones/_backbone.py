@@ -212,10 +212,10 @@ class TimmBackbone(BaseModule):
         state = state_dict_from(read_checkpoint(path, cfg.get('map_location', 'cpu')), path)
         where = f'{path} (prefix={prefix!r})' if prefix else path
         if prefix:
+            names = list(state)[:4]
             state = {k[len(prefix):]: v for k, v in state.items()
                      if isinstance(k, str) and k.startswith(prefix)}
             if not state:
-                names = list(state_dict_from(read_checkpoint(path), path))[:4]
                 raise ValueError(
                     f'init_cfg checkpoint {path!r} has no tensor named {prefix}...: it holds '
                     f'names like {names}. Set prefix to the part before the backbone\'s own '

@@ -181,6 +181,16 @@ class PerSampleSeedDataset(Dataset):
         """The wrapped dataset's `metainfo`."""
         return copy.deepcopy(self.dataset.metainfo)
 
+    @property
+    def pipeline(self) -> Any:
+        """The wrapped dataset's pipeline; setting it sets theirs (mmdet's PipelineSwitchHook
+        replaces `train_dataloader.dataset.pipeline` mid-training)."""
+        return self.dataset.pipeline
+
+    @pipeline.setter
+    def pipeline(self, value: Any) -> None:
+        self.dataset.pipeline = value
+
     def full_init(self) -> None:
         """Fully initialise the wrapped dataset (mmengine's lazy init)."""
         if hasattr(self.dataset, 'full_init'):
