@@ -147,7 +147,7 @@ def check_checkpoint_file(filename: Any) -> Optional[str]:
         return kind
     text = head.lstrip().lower()
     if not head:
-        looks = 'it is empty (0 bytes): an interrupted download or save?'
+        looks = 'it is empty (0 bytes), e.g. from an interrupted download or save'
     elif text.startswith((b'<!doctype', b'<html', b'<?xml', b'<head')):
         looks = ('it is an HTML page, e.g. an error or login page saved by a failed download: '
                  'download the file again')
