@@ -16,8 +16,9 @@ setup(
     packages=find_packages(include=['timm_backbones', 'timm_backbones.*']),
     python_requires='>=3.9',
     # Loose ranges here; the exact, tested versions are pinned in requirements/constraints.txt.
+    # torch >= 2.5: torch.serialization.safe_globals (weights-only checkpoint loading).
     install_requires=[
-        'torch>=2.0', 'timm>=1.0,<1.1', 'mmengine>=0.10,<0.11', 'mmcv>=2.0.0rc4,<2.2.0',
+        'torch>=2.5', 'timm>=1.0,<1.1', 'mmengine>=0.10,<0.11', 'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet>=3.3,<3.4', 'pycocotools', 'matplotlib',
     ],
     extras_require={'tests': ['pytest', 'pytest-timeout']},

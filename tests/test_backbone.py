@@ -8,7 +8,7 @@ import timm
 import torch
 from mmdet.registry import MODELS
 from mmengine.logging import HistoryBuffer
-from helpers import HOOK_BASED, NON_SQUARE, REPRESENTATIVE
+from helpers import HOOK_BASED, NHWC, NON_SQUARE, REPRESENTATIVE
 from torch import nn
 
 import timm_backbones  # noqa: F401  (registers the modules)
@@ -296,6 +296,62 @@ BAD_INPUTS = [
     _rule('frozen_bn and sync_bn exclude each other',
           lambda: TimmBackbone('resnet18', frozen_bn=True, sync_bn=True), ValueError,
           'frozen_bn=True and sync_bn=True exclude each other'),
+    _rule('norm_eval is a bool (a string is not read as True)',
+          lambda: TimmBackbone('resnet18', norm_eval='False'), TypeError,
+          "norm_eval must be True or False, got 'False' .*without quotes"),
+    _rule('with_cp is a bool',
+          lambda: TimmBackbone('resnet18', with_cp='False'), TypeError,
+          'with_cp must be True or False'),
+    _rule('frozen_bn and sync_bn are bools',
+          lambda: TimmBackbone('resnet18', frozen_bn=1), TypeError,
+          'frozen_bn must be True or False, got 1'),
+    _rule('drop_path_rate is a number',
+          lambda: TimmBackbone('convnext_atto', drop_path_rate='0.1'), TypeError,
+          r"drop_path_rate must be a number in \[0, 1\) or None, got '0.1' \(str\)"),
+    _rule('drop_path_rate is in [0, 1)',
+          lambda: TimmBackbone('convnext_atto', drop_path_rate=2.0), ValueError,
+          r'drop_path_rate=2.0 is out of range.*\[0, 1\)'),
+    _rule('model_kwargs is a dict',
+          lambda: TimmBackbone('resnet18', model_kwargs='drop_rate=0.1'), TypeError,
+          r'model_kwargs must be a dict.*model_kwargs=dict\(drop_rate=0.1\)'),
+    _rule('output_stride is an int',
+          lambda: TimmBackbone('resnet18', output_stride=16.0), ValueError,
+          'output_stride must be one of .*got 16.0'),
+    _rule('pretrained is a bool or a path',
+          lambda: TimmBackbone('resnet18', pretrained=''), TypeError,
+          "pretrained must be False, True or a file path, got ''"),
+    _rule('init_cfg is a dict or a list of dicts',
+          lambda: TimmBackbone('resnet18', init_cfg='weights.pth'), TypeError,
+          r"init_cfg must be a dict with a type.*type='Pretrained'"),
+    _rule('init_cfg Pretrained needs a checkpoint',
+          lambda: TimmBackbone('resnet18', init_cfg=dict(type='Pretrained')), TypeError,
+          r"type='Pretrained' needs checkpoint="),
+    _rule('pyramid_strides refused on hierarchical models',
+          lambda: TimmBackbone('resnet18', pyramid_strides=(8, 16, 32)), ValueError,
+          r"pyramid_strides only apply to the simple pyramid.*'resnet18' is hierarchical.*"
+          r'Remove pyramid_strides'),
+    _rule('pyramid_channels refused on hierarchical models',
+          lambda: TimmBackbone('resnet18', pyramid_channels=256), ValueError,
+          'pyramid_channels only apply to the simple pyramid.*hierarchical'),
+    _rule('pyramid options refused where no pyramid is built',
+          lambda: TimmBackbone('vit_tiny_patch16_224', pyramid=None, pyramid_strides=(8, 16)),
+          ValueError, 'pyramid_strides only apply.*pyramid=None .*builds none'),
+    _rule('pyramid_strides is a sequence',
+          lambda: TimmBackbone('vit_tiny_patch16_224', pyramid_strides=16), TypeError,
+          'pyramid_strides must be a list/tuple'),
+    _rule('pyramid_channels is an int, not a bool',
+          lambda: TimmBackbone('vit_tiny_patch16_224', pyramid_channels=True), ValueError,
+          'pyramid_channels must be None or a positive int, got True'),
+    _rule('input_size and model_kwargs sizes exclude each other',
+          lambda: TimmBackbone('vit_tiny_patch16_224', input_size=(256, 256),
+                               model_kwargs=dict(img_size=224)), ValueError,
+          r"input_size=\(256, 256\) and model_kwargs \['img_size'\] both set the input size"),
+    _rule('image channels match in_channels (at forward)',
+          lambda: TimmBackbone('resnet18')(torch.rand(1, 1, 64, 64)), ValueError,
+          r'built for in_channels=3 but got images with 1 channel.*in_channels=1'),
+    _rule('forward takes NCHW batches',
+          lambda: TimmBackbone('resnet18')(torch.rand(3, 64, 64)), ValueError,
+          'takes an NCHW image batch'),
 ]
 
 
@@ -322,3 +378,34 @@ def test_feature_specs_fall_back_to_a_cpu_build(monkeypatch):
     assert [s.stride for s in specs] == [4, 8, 16, 32]
     assert [s.channels for s in specs] == [24, 56, 152, 368]  # regnety_002's widths
     assert TimmBackbone('regnety_002', in_channels=2).feature_specs == specs
+
+
+def test_options_list_matches_the_signature():
+    # _plan.OPTIONS (unknown-option messages, feature_specs(cfg)) lists exactly TimmBackbone's
+    # keyword arguments, each once
+    import inspect
+
+    from timm_backbones._plan import OPTIONS
+    params = inspect.signature(TimmBackbone.__init__).parameters
+    named = [n for n, p in params.items() if n != 'self' and p.kind is not p.VAR_KEYWORD]
+    assert sorted(OPTIONS) == sorted(named) and len(set(OPTIONS)) == len(OPTIONS)
+
+
+@pytest.mark.parametrize('name', NHWC)
+def test_nhwc_outputs_are_contiguous_nchw(name):
+    backbone = TimmBackbone(name).eval()
+    assert backbone.plan.output_format == 'NHWC'
+    with torch.no_grad():
+        outs = backbone(torch.rand(1, 3, 224, 224))
+    assert all(o.is_contiguous() for o in outs)
+
+
+def test_feature_info_mismatch_is_an_exception_not_an_assert(monkeypatch):
+    # the meta-device plan and the real build must agree; if not, a RuntimeError (kept under
+    # python -O), naming the model
+    import timm_backbones._backbone as backbone_mod
+    real = backbone_mod.level_specs
+    monkeypatch.setattr(backbone_mod, 'level_specs',
+                        lambda info: real(info)[:-1])  # the built model "lost" a level
+    with pytest.raises(RuntimeError, match="feature_info for 'resnet18' differs between"):
+        TimmBackbone('resnet18')

@@ -174,7 +174,14 @@ def test_neck_matrix(backbone_id, neck_type):
     # per-level out_channels (the user's choice) must have one entry per level fed
     (timm('resnet18', (1, 2, 3, 4)), NECK_CONFIGS['YOLOV3Neck']() | dict(out_channels=[96] * 3),
      r'model\.neck: out_channels=\[96, 96, 96\] has 3 entries but the neck gets 4 levels'),
-], ids=['NASFPN-num_outs', 'NASFCOS_FPN-3-levels', 'YOLOV3Neck-out_channels'])
+    # FPN-style necks run top-down from their last level: levels must come shallow to deep
+    (timm('resnet18', (4, 3, 2)), NECK_CONFIGS['FPN'](),
+     r'model\.neck: FPN needs its levels in increasing stride order .* got strides \[16, 8\]'
+     r'.*out_indices=\(2, 3, 4\)'),
+    (timm('resnet18', (4, 3, 2)), NECK_CONFIGS['ChannelMapper'](),
+     r'model\.neck: ChannelMapper needs its levels in increasing stride order'),
+], ids=['NASFPN-num_outs', 'NASFCOS_FPN-3-levels', 'YOLOV3Neck-out_channels',
+        'FPN-levels-in-increasing-stride-order', 'ChannelMapper-levels-in-increasing-stride-order'])
 def test_neck_level_count_errors(backbone, neck, message):
     # level-count rules of the table fail in resolve_config, naming the neck and the field
     with pytest.raises(ValueError, match=message):

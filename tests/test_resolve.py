@@ -326,6 +326,16 @@ def test_auto_pyramid_builds_only_the_levels_the_neck_reads():
         (4, 8, 16, 32)
 
 
+def test_pad_size_divisor_is_an_int_or_auto():
+    model = dict(type='RetinaNet',
+                 data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor='32'),
+                 backbone=dict(type='timm.resnet18'),
+                 neck=dict(type='FPN', in_channels='auto', out_channels=64, num_outs=4))
+    with pytest.raises(TypeError, match=r"pad_size_divisor must be an int or 'auto', got '32' "
+                                        r"\(str\)"):
+        resolve_config(dict(model=model))
+
+
 def test_pad_size_divisor_auto_fits_a_fixed_size_model():
     # levit built for 800x800 (fixed attention biases): 'auto' padding must never push an
     # input past 800, so not its deepest stride (64, which does not divide 800) but gcd = 32

@@ -120,6 +120,35 @@ def test_invalid_parameters(tmp_path):
     assert not osp.exists(tmp_path / 's')
 
 
+@pytest.mark.parametrize('options, error, match', [
+    pytest.param(dict(num_train='ten'), TypeError,
+                 r"synthetic option num_train must be an int, got 'ten' \(str\)",
+                 id='counts are ints'),
+    pytest.param(dict(num_val=True), TypeError, 'num_val must be an int, got True',
+                 id='counts are ints, not bools'),
+    pytest.param(dict(num_train=2.5), TypeError, 'num_train must be an int, got 2.5',
+                 id='counts are ints, not floats'),
+    pytest.param(dict(img_size=256), TypeError,
+                 r'img_size must be a pair of ints, e.g. img_size=\(256, 256\), got 256',
+                 id='img_size is a pair'),
+    pytest.param(dict(obj_size=('16', '32')), TypeError, 'obj_size must be a pair of ints',
+                 id='obj_size is a pair of ints'),
+    pytest.param(dict(seed='0'), TypeError, "seed must be an int, got '0'", id='seed is an int'),
+    pytest.param(dict(seed=-1), ValueError, 'seed must be a non-negative int',
+                 id='seed is non-negative'),
+])
+def test_option_types(tmp_path, options, error, match):
+    with pytest.raises(error, match=match):
+        make_synthetic_coco(str(tmp_path / 's'), **options)
+    assert not osp.exists(tmp_path / 's')
+
+
+def test_synthetic_is_a_dict(tmp_path):
+    with pytest.raises(TypeError, match=r"SyntheticShapesDataset: synthetic must be a dict of "
+                                        r"generator options.*got 'small'"):
+        SyntheticShapesDataset(data_root=str(tmp_path / 's'), synthetic='small')
+
+
 def test_concurrent_first_use(tmp_path, monkeypatch):
     # Two writers racing to create the same root: one renames its copy into place, the other
     # finds it complete and identical, and no temporary directory is left behind.

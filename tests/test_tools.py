@@ -192,3 +192,16 @@ def test_amp_without_a_gpu_is_a_clear_error(tiny, tmp_path):
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert '--amp needs a CUDA, NPU, MLU or MUSA device' in proc.stderr
+
+
+@pytest.mark.parametrize('script', ['train.py', 'test.py'])
+def test_config_syntax_error_names_the_file(tmp_path, script):
+    # mmengine parses the config source as '<unknown>'; the tools name the file and line
+    config = tmp_path / 'broken_config.py'
+    config.write_text("model = dict(type='RetinaNet'\nx = 1\n")
+    args = [str(config), 'checkpoint.pth'] if script == 'test.py' else [str(config)]
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', script), *args,
+                           '--work-dir', str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert f'(in the config file {config}, line 1)' in proc.stderr.splitlines()[-1]

@@ -1,18 +1,20 @@
 """`TimmBackbone`: any timm feature-extraction model as an mmdet backbone."""
 import math
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch.nn.functional as F
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import PretrainedInit, update_init_info
 from timm.models import FeatureHookNet
 from torch import Tensor, nn
 
-from ._checkpoint import checkpoint_loading
+from ._checkpoint import load_verified, read_checkpoint, state_dict_from
 from ._freeze import find_module, first_stage, stage_split
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
 from ._plan import level_specs, plan_backbone, unknown_options_message
-from ._pyramid import DEFAULT_PYRAMID_STRIDES, SimplePyramid
+from ._pyramid import SimplePyramid
 from ._specs import FeatureSpec, format_specs
 from ._timm import create_features
 
@@ -52,16 +54,19 @@ class TimmBackbone(BaseModule):
         pyramid: 'auto' (default): plain models whose levels share one stride (ViT, DeiT,
             EVA, ...) get a simple feature pyramid when more than one level is requested (the
             default requests four); 'simple': always; None: never.
-        pyramid_strides: Output strides of the pyramid. One source level (the default, the
+        pyramid_strides: Output strides of the pyramid (None: 4, 8, 16, 32; only for models that
+            get a pyramid). One source level (the default, the
             last level, as in ViTDet) feeds every stride; n levels feed the n deepest strides,
             in order (e.g. out_indices=(3, 5, 7, 11) -> 4, 8, 16, 32; (-3, -2, -1) -> 8, 16, 32).
             A None entry is a level the neck does not read: the source map is passed through
             unchanged (no parameters); `resolve_config` writes these for necks such as
             RetinaNet's FPN (start_level=1) when the config leaves pyramid_strides out.
         pyramid_channels: None: ViTDet channels (halved per 2x upsampling); an int: every
-            pyramid output projected to that many channels.
+            pyramid output projected to that many channels (only for models that get a pyramid).
         init_cfg: mmengine init config, e.g. `dict(type='Pretrained', checkpoint=path,
-            prefix='backbone.')` for a backbone or detector checkpoint.
+            prefix='backbone.')` for a backbone or detector checkpoint. `init_weights()` loads it
+            verified: loaded/total tensors are logged, and an error shows expected vs found
+            names when fewer than half matched.
 
     Example:
         >>> backbone = TimmBackbone('resnet18', out_indices=(2, 3, 4))
@@ -84,15 +89,20 @@ class TimmBackbone(BaseModule):
                  model_kwargs: Optional[Dict[str, Any]] = None,
                  input_size: Union[str, Sequence[int]] = 'any',
                  pyramid: Optional[str] = 'auto',
-                 pyramid_strides: Sequence[Optional[int]] = DEFAULT_PYRAMID_STRIDES,
+                 pyramid_strides: Optional[Sequence[Optional[int]]] = None,
                  pyramid_channels: Optional[int] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  **unknown: Any) -> None:
         if unknown:
             raise TypeError(unknown_options_message(list(unknown)))
-        super().__init__(init_cfg=init_cfg)
-        if not isinstance(pretrained, (bool, str)):
+        super().__init__(init_cfg=_check_init_cfg(init_cfg))
+        if isinstance(pretrained, os.PathLike):
+            pretrained = os.fspath(pretrained)
+        if not isinstance(pretrained, (bool, str)) or pretrained == '':
             raise TypeError(f'pretrained must be False, True or a file path, got {pretrained!r}')
+        for name, value in dict(norm_eval=norm_eval, frozen_bn=frozen_bn, sync_bn=sync_bn,
+                                with_cp=with_cp).items():
+            _check_bool(name, value)
         if frozen_bn and sync_bn:
             raise ValueError('frozen_bn=True and sync_bn=True exclude each other: frozen batch '
                              'norms have no statistics to synchronise. Choose one.')
@@ -105,6 +115,7 @@ class TimmBackbone(BaseModule):
         self.levels = plan.levels
         self.frozen_stages = _check_frozen_stages(frozen_stages, self.levels, model_name)
         self.norm_eval = bool(norm_eval)
+        self.in_channels = plan.kwargs['in_chans']
         # timm returns levels in level order; forward picks them in out_indices order
         self._order = tuple(plan.timm_indices.index(i) for i in plan.out_indices)
         self.model = create_features(model_name, plan.kwargs, plan.timm_indices,
@@ -132,9 +143,6 @@ class TimmBackbone(BaseModule):
         self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode
         if self.frozen_stages >= 0:
             self._freeze()
-        if pretrained:
-            print_log(f'TimmBackbone: loaded pretrained weights for {model_name} '
-                      f"({'timm hub' if pretrained is True else pretrained})", logger='current')
 
     @property
     def feature_specs(self) -> Tuple[FeatureSpec, ...]:
@@ -180,14 +188,49 @@ class TimmBackbone(BaseModule):
         return [modules[p] for p in self._frozen_paths]
 
     def init_weights(self) -> None:
-        """Apply `init_cfg` (e.g. `Pretrained` with a backbone or detector checkpoint). timm's
-        own initialisation and pretrained weights are otherwise kept: the feature wrapper has no
-        `init_weights` for mmengine to call. Checkpoints written by mmengine (numpy arrays,
-        HistoryBuffer) load with torch's weights-only loader."""
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
-        files = [c.get('checkpoint', '') for c in cfgs if c.get('type') == 'Pretrained']
-        with checkpoint_loading(files[0] if files else ''):
+        """Apply `init_cfg`. timm's own initialisation and pretrained weights are otherwise kept
+        (the feature wrapper has no `init_weights` for mmengine to call).
+
+        `Pretrained` entries (a backbone or, with `prefix='backbone.'`, a detector checkpoint)
+        are loaded here rather than by mmengine, last as mmengine does, weights-only (numpy and
+        HistoryBuffer allowed, see `checkpoint_loading`) and verified: loaded/total tensors are
+        logged, and a `ValueError` shows expected vs found names and the prefix that would
+        match when fewer than half of the backbone's tensors matched.
+        """
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else \
+            [self.init_cfg] if self.init_cfg else []
+        pretrained = [c for c in cfgs if c.get('type') in ('Pretrained', PretrainedInit)]
+        first = not self.is_init
+        init_cfg, self.init_cfg = self.init_cfg, [c for c in cfgs if c not in pretrained] or None
+        try:
             super().init_weights()
+        finally:
+            self.init_cfg = init_cfg
+        if first:
+            for cfg in pretrained:
+                self._load_init_checkpoint(cfg)
+
+    def _load_init_checkpoint(self, cfg: Dict[str, Any]) -> None:
+        """Load an `init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`, verified."""
+        path, prefix = cfg['checkpoint'], cfg.get('prefix')
+        state = state_dict_from(read_checkpoint(path, cfg.get('map_location', 'cpu')), path)
+        where = f'{path} (prefix={prefix!r})' if prefix else path
+        if prefix:
+            names = list(state)[:4]
+            state = {k[len(prefix):]: v for k, v in state.items()
+                     if isinstance(k, str) and k.startswith(prefix)}
+            if not state:
+                raise ValueError(
+                    f'init_cfg checkpoint {path!r} has no tensor named {prefix}...: it holds '
+                    f'names like {names}. Set prefix to the part before the backbone\'s own '
+                    f"names (model.*), e.g. prefix='backbone.' for a detector checkpoint, or "
+                    f'leave it out for a TimmBackbone checkpoint.')
+        advice = ("init_cfg=Pretrained takes a checkpoint of this TimmBackbone (names 'model.*') "
+                  "or of a detector (add prefix='backbone.'); for a timm model's own weights "
+                  "(a timm state_dict) use pretrained='/path/to/weights' instead.")
+        load_verified(self, state, f'TimmBackbone({self.model_name!r})', where, advice=advice)
+        if hasattr(self, '_params_init_info'):
+            update_init_info(self, init_info=f'Pretrained: loaded from {where}')
 
     def train(self, mode: bool = True) -> 'TimmBackbone':
         """Switch mode, keeping frozen stages (and norms, with `norm_eval`) in eval mode."""
@@ -206,13 +249,14 @@ class TimmBackbone(BaseModule):
         fixed-size model) are zero-padded bottom/right, as mmdet pads batches, and the maps
         of the padding are cropped off again: outputs are ceil(input / stride) in size.
         """
+        self._check_input(x)
         hw = (x.shape[-2], x.shape[-1])
         run_hw = self._run_size(hw)
         if run_hw != hw:
             x = F.pad(x, (0, run_hw[1] - hw[1], 0, run_hw[0] - hw[0]))
         feats = self.model(x)
         if self.plan.output_format == 'NHWC':
-            feats = [f.permute(0, 3, 1, 2) for f in feats]
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
         outs = tuple(feats[i] for i in self._order)
         if self.pyramid is not None:
             return self.pyramid(outs, hw)
@@ -220,6 +264,20 @@ class TimmBackbone(BaseModule):
             outs = tuple(o[..., :math.ceil(hw[0] / s.stride), :math.ceil(hw[1] / s.stride)]
                          for o, s in zip(outs, self.feature_specs))
         return outs
+
+    def _check_input(self, x: Tensor) -> None:
+        """An NCHW image batch with `in_channels` channels."""
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            raise ValueError(f'TimmBackbone({self.model_name!r}) takes an NCHW image batch (a 4-d '
+                             f'tensor), got {getattr(x, "shape", type(x).__name__)}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f'TimmBackbone({self.model_name!r}) was built for in_channels='
+                f'{self.in_channels} but got images with {x.shape[1]} channel(s) (input shape '
+                f'{tuple(x.shape)}). Set the backbone\'s in_channels={x.shape[1]} (and give the '
+                f"data_preprocessor's mean/std {x.shape[1]} value(s) each), or load the images "
+                f"with {self.in_channels} channel(s) (e.g. LoadImageFromFile(color_type="
+                f"{'color' if self.in_channels == 3 else 'grayscale'!r})).")
 
     def _run_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
         """The input size the timm model runs at for an input of size `hw`."""
@@ -234,6 +292,28 @@ class TimmBackbone(BaseModule):
                 f'with input_size=(H, W) (smaller inputs are zero-padded to it), resize images '
                 f'to fit, or pick a model that takes any size.')
         return fixed
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        hint = ' (a string: write True or False without quotes)' if isinstance(value, str) else ''
+        raise TypeError(f'{name} must be True or False, got {value!r}{hint}')
+
+
+def _check_init_cfg(init_cfg: Any) -> Any:
+    """None, a dict or a list of dicts, each with a `type`; `Pretrained` needs a `checkpoint`."""
+    if init_cfg is None:
+        return None
+    cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
+    for cfg in cfgs:
+        if not isinstance(cfg, dict) or 'type' not in cfg:
+            raise TypeError(f'init_cfg must be a dict with a type (or a list of them), e.g. '
+                            f"dict(type='Pretrained', checkpoint=path); got {init_cfg!r}")
+        if cfg['type'] in ('Pretrained', PretrainedInit) and \
+                not isinstance(cfg.get('checkpoint'), (str, os.PathLike)):
+            raise TypeError(f"init_cfg type='Pretrained' needs checkpoint=<file path or URL>, "
+                            f'got {cfg!r}')
+    return init_cfg
 
 
 def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],

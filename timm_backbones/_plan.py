@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ._configs import timm_model_name, to_plain
 from ._probe import probe, probe_input, supports_kwargs
-from ._pyramid import DEFAULT_PYRAMID_STRIDES, plan_pyramid, pyramid_channels
+from ._pyramid import plan_pyramid, pyramid_channels
 from ._specs import FeatureSpec, format_specs
 from ._timm import timm_kwargs
 
@@ -115,10 +115,17 @@ def resolve_out_indices(out_indices: Optional[Sequence[int]], levels: Sequence[F
 def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
                  input_size: Union[str, Sequence[int]]) -> Dict[str, Any]:
     """timm arguments for the requested input-size policy (see TimmBackbone's `input_size`)."""
-    if any(k in kwargs for k in _SIZE_KEYS):  # the user chose explicitly in model_kwargs
+    chosen = [k for k in _SIZE_KEYS if k in kwargs]
+    if chosen:  # the user chose explicitly in model_kwargs
+        if input_size != 'any':
+            raise ValueError(
+                f'input_size={input_size!r} and model_kwargs {chosen} both set the input size '
+                f"of {model_name!r}: keep one (input_size=(H, W) builds for that size; or leave "
+                f"input_size='any' and pass timm's own arguments in model_kwargs).")
         return {}
     if isinstance(input_size, (list, tuple)):
-        if len(input_size) != 2 or not all(isinstance(v, int) and v > 0 for v in input_size):
+        if len(input_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                           and v > 0 for v in input_size):
             raise ValueError(f'input_size must be (height, width) in pixels, got {input_size!r}')
         size = {'img_size': tuple(input_size)}
         try:
@@ -151,7 +158,7 @@ def plan_backbone(model_name: str,
                   model_kwargs: Optional[Dict[str, Any]] = None,
                   input_size: Union[str, Sequence[int]] = 'any',
                   pyramid: Optional[str] = 'auto',
-                  pyramid_strides: Sequence[Optional[int]] = DEFAULT_PYRAMID_STRIDES,
+                  pyramid_strides: Optional[Sequence[Optional[int]]] = None,
                   pyramid_channels: Optional[int] = None) -> BackbonePlan:
     """Plan a backbone from TimmBackbone's shape-related options (meta-device builds, cached).
 

@@ -119,7 +119,7 @@ class SimplePyramid(nn.Module):
 
 def plan_pyramid(model_name: str, levels: Sequence[FeatureSpec], indices: Tuple[int, ...],
                  explicit_indices: bool, pyramid: Optional[str],
-                 strides: Sequence[Optional[int]], channels: Optional[int]
+                 strides: Optional[Sequence[Optional[int]]], channels: Optional[int]
                  ) -> Tuple[Tuple[int, ...], Tuple[Optional[int], ...]]:
     """(source levels in output order, pyramid strides or ()) for the pyramid options.
 
@@ -129,7 +129,8 @@ def plan_pyramid(model_name: str, levels: Sequence[FeatureSpec], indices: Tuple[
         indices: The resolved `out_indices`.
         explicit_indices: Whether `out_indices` was given (None: the default levels).
         pyramid: 'auto', 'simple' or None (see `TimmBackbone`).
-        strides: `pyramid_strides`.
+        strides: `pyramid_strides` (None: `DEFAULT_PYRAMID_STRIDES`). Given for a model that
+            gets no pyramid, it is an error, as is `channels`.
         channels: `pyramid_channels`.
 
     Example:
@@ -141,24 +142,37 @@ def plan_pyramid(model_name: str, levels: Sequence[FeatureSpec], indices: Tuple[
         pyramid = None
     if pyramid not in PYRAMID_MODES:
         raise ValueError(f"pyramid must be 'auto', 'simple' or None, got {pyramid!r}")
+    if strides is not None and not isinstance(strides, (list, tuple)):
+        raise TypeError(f'pyramid_strides must be a list/tuple of strides, e.g. (8, 16, 32), '
+                        f'got {strides!r}')
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool)
+                                 or channels < 1):
+        raise ValueError(f'pyramid_channels must be None or a positive int, got {channels!r}')
     same_stride = len({s.stride for s in levels}) == 1
     wanted = pyramid == 'simple' or (
         pyramid == 'auto' and same_stride and (not explicit_indices or len(indices) > 1))
     if not wanted:
+        given = [k for k, v in (('pyramid_strides', strides), ('pyramid_channels', channels))
+                 if v is not None]
+        if given:
+            why = (f'{model_name!r} is hierarchical (strides '
+                   f'{sorted({s.stride for s in levels})}): its levels already form a pyramid'
+                   if not same_stride else
+                   f'pyramid={pyramid!r} with out_indices={indices} builds none')
+            raise ValueError(f'{" and ".join(given)} only apply to the simple pyramid, and '
+                             f'{why}. Remove {" and ".join(given)}.')
         return indices, ()
     if not same_stride:
         raise ValueError(
             f"pyramid='simple' needs a plain model whose levels share one stride; "
             f"{model_name!r} is hierarchical (strides {sorted({s.stride for s in levels})}). "
             f"Use pyramid=None: its levels already form a pyramid.")
-    strides = tuple(strides)
+    strides = DEFAULT_PYRAMID_STRIDES if strides is None else tuple(strides)
     built = [t for t in strides if t is not None]
     if not built or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0
                             for t in built) or built != sorted(set(built)):
         raise ValueError(f'pyramid_strides must be increasing positive ints (None: a level the '
                          f'neck does not read), got {strides!r}')
-    if channels is not None and (not isinstance(channels, int) or channels < 1):
-        raise ValueError(f'pyramid_channels must be None or a positive int, got {channels!r}')
     if not explicit_indices or len(indices) == 1:  # ViTDet: the last level feeds every stride
         return (indices[-1],) * len(strides), strides
     if len(indices) > len(strides):

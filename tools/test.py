@@ -19,9 +19,10 @@ from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmdet.registry import RUNNERS
 from mmengine import ConfigDict
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
+from timm_backbones.engine import load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +62,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
 
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)  # a syntax error names the file and line
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

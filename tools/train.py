@@ -12,9 +12,10 @@ import os
 import os.path as osp
 
 from mmdet.registry import RUNNERS
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
+from timm_backbones.engine import load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +62,7 @@ def _has_amp_device() -> bool:
 def main() -> None:
     args = parse_args()
 
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config)  # a syntax error names the file and line
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -20,3 +20,8 @@ custom_imports = dict(imports=['timm_backbones', 'timm_backbones.data'],
 # Scoped name: mmdet's tools/train.py looks runners up in mmengine's root registry, with no default
 # scope set yet; the runner is registered in mmdet's.
 runner_type = 'mmdet.TimmBackboneRunner'
+# Augmentation randomness per sample: each training sample's pipeline (RandomFlip, ...) is seeded
+# from (seed, epoch, sample index) instead of a dataloader worker's running stream, so a run
+# resumed with --resume ends bit-exactly where an uninterrupted one does, whatever num_workers and
+# persistent_workers are (timm_backbones/data/_seeding.py). False: mmengine's per-worker seeding.
+sample_seeding = True

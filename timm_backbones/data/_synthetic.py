@@ -31,7 +31,7 @@ import os.path as osp
 import shutil
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -238,6 +238,19 @@ def make_synthetic_coco(root: str, num_train: int = 400, num_val: int = 100,
         >>> info['classes']
         ['circle', 'square', 'triangle', 'star', 'cross']
     """
+    for name, value in dict(num_train=num_train, num_val=num_val, max_objects=max_objects,
+                            seed=seed).items():
+        if not _is_int(value):
+            raise TypeError(f'synthetic option {name} must be an int, got {value!r} '
+                            f'({type(value).__name__}).')
+    for name, value, example in (('img_size', img_size, '(256, 256)'),
+                                 ('obj_size', obj_size, '(16, 96)')):
+        if not isinstance(value, (list, tuple)) or len(value) != 2 or \
+                not all(_is_int(v) for v in value):
+            raise TypeError(f'synthetic option {name} must be a pair of ints, e.g. '
+                            f'{name}={example}, got {value!r}.')
+    if seed < 0:
+        raise ValueError(f'seed must be a non-negative int, got {seed!r}.')
     img_size = tuple(int(v) for v in img_size)
     obj_size = tuple(int(v) for v in obj_size)
     if len(img_size) != 2 or min(img_size) < 32:
@@ -287,11 +300,19 @@ def make_synthetic_coco(root: str, num_train: int = 400, num_val: int = 100,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _generate(owner: str, data_root: Optional[str], synthetic: Optional[dict]) -> None:
     """Runs `make_synthetic_coco(data_root, **synthetic)` with errors that name `owner`."""
     if not data_root:
         raise ValueError(f'{owner} needs data_root: the directory to generate the dataset in, '
                          "e.g. data_root='data/synthetic_shapes/'.")
+    if synthetic is not None and not isinstance(synthetic, Mapping):
+        raise TypeError(f'{owner}: synthetic must be a dict of generator options, e.g. '
+                        f'synthetic=dict(num_train=400, num_val=100, img_size=(256, 256)), got '
+                        f'{synthetic!r}.')
     synthetic = dict(synthetic or {})
     allowed = ('num_train', 'num_val', 'img_size', 'obj_size', 'max_objects', 'seed')
     unknown = sorted(set(synthetic) - set(allowed))

@@ -10,17 +10,35 @@ from typing import Any, Mapping, Optional, Union
 from mmdet.registry import DATASETS, MODELS
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from torch import nn
 
-from .._checkpoint import checkpoint_loading
+from .._checkpoint import load_verified, read_checkpoint, state_dict_from
 from .._configs import timm_model_name
 from .._norms import revert_sync_batchnorm
 from ..wiring import resolve_config
+from ._runner import CHECKPOINT_ADVICE
 
-__all__ = ['build_detector', 'init_detector']
+__all__ = ['build_detector', 'init_detector', 'load_config']
 
 ConfigType = Union[str, Path, Config]
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """`Config.fromfile`, with a syntax error in the file (or a base it inherits) reported
+    with the file's name and line; mmengine parses the source without one (`<unknown>`).
+
+    Args:
+        path: The config file.
+
+    Example:
+        >>> cfg = load_config('configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
+    """
+    try:
+        return Config.fromfile(str(path))
+    except SyntaxError as err:
+        where = err.filename if err.filename and err.filename != '<unknown>' else str(path)
+        raise SyntaxError(f'{err.msg} (in the config file {where}, line {err.lineno})',
+                          (where, err.lineno, err.offset, err.text)) from err
 
 
 def build_detector(cfg: Union[Config, Mapping]) -> nn.Module:
@@ -58,7 +76,8 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
     checkpoint replaces them; like mmdet, which drops the backbone's `init_cfg`), sync norms are
     reverted to batch norms keeping timm's fused activations, and the checkpoint is loaded
     weights-only (see `checkpoint_loading`: a file holding other objects fails with a message
-    saying how to proceed).
+    saying how to proceed) and verified: loaded/total backbone tensors are logged, and a
+    `ValueError` shows expected vs found names when fewer than half matched.
 
     Args:
         config: Config file path or `Config` (not modified).
@@ -76,7 +95,7 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
         >>> result = mmdet.apis.inference_detector(model, 'demo.jpg')
     """
     if isinstance(config, (str, Path)):
-        cfg = Config.fromfile(str(config))
+        cfg = load_config(config)
     elif isinstance(config, Config):
         cfg = copy.deepcopy(config)
     else:
@@ -88,8 +107,9 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
     model = revert_sync_batchnorm(build_detector(cfg))
     meta: dict = {}
     if checkpoint is not None:
-        with checkpoint_loading(checkpoint):
-            loaded = load_checkpoint(model, checkpoint, map_location='cpu')
+        loaded = read_checkpoint(checkpoint)
+        load_verified(model, state_dict_from(loaded, checkpoint), 'the detector', checkpoint,
+                      scope='backbone.', advice=CHECKPOINT_ADVICE)
         meta = loaded.get('meta', {}) if isinstance(loaded, dict) else {}
     if 'dataset_meta' in meta:
         model.dataset_meta = {k.lower(): v for k, v in meta['dataset_meta'].items()}

@@ -8,7 +8,11 @@ wrong for timm models:
   `runner_type='mmdet.TimmBackboneRunner'`), and the config dumped to the work dir is the resolved
   one.
 - SyncBN keeps timm's fused activations (`_norms.py`).
-- Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`).
+- Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`), and `load_from`
+  reports how many backbone tensors it loaded (an error when too few matched).
+- With `sample_seeding=True` (set by `configs/_base_/timm_runtime.py`) the training dataloader
+  seeds each sample's augmentation from (seed, epoch, sample index) (`data/_seeding.py`): resume
+  is exact and results do not depend on the number of workers.
 - Distributed runs without CUDA (`--launcher pytorch` on CPUs) use the gloo backend and plain
   CPU `DistributedDataParallel`.
 """
@@ -30,11 +34,21 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._checkpoint import checkpoint_loading
+from .._checkpoint import (check_checkpoint_file, checkpoint_loading, state_dict_from,
+                           verify_state_dict)
+from ..data import per_sample_seed_dataloader
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
 from ..wiring import resolve_config
 
 __all__ = ['TimmBackboneRunner']
+
+
+# What a whole-model checkpoint must be, and where backbone-only weights go instead.
+CHECKPOINT_ADVICE = (
+    'A detector checkpoint (load_from, init_detector, tools/test.py) is one written by training '
+    "this model (work_dirs/.../epoch_N.pth). Backbone weights alone go in the backbone's config: "
+    "a timm model's weights as model.backbone.pretrained='/path', a TimmBackbone checkpoint as "
+    "model.backbone.init_cfg=dict(type='Pretrained', checkpoint='/path').")
 
 
 @RUNNERS.register_module()
@@ -75,7 +89,7 @@ class TimmBackboneRunner(Runner):
         Args:
             cfg: The whole config (as for `Runner.from_cfg`); it is not modified.
         """
-        return super().from_cfg(resolve_config(cfg))
+        return super().from_cfg(_with_sample_seeding(resolve_config(cfg)))
 
     def build_model(self, model: Union[nn.Module, Dict]) -> nn.Module:
         """Build a model from a (resolved on the fly) config dict, or return a module as is."""
@@ -127,14 +141,34 @@ class TimmBackboneRunner(Runner):
         return MODEL_WRAPPERS.build(wrapper_cfg, default_args=default_args)
 
     def load_checkpoint(self, filename: str, *args: Any, **kwargs: Any) -> dict:
-        """`Runner.load_checkpoint`, weights-only (see `checkpoint_loading`)."""
+        """`Runner.load_checkpoint` (`load_from`, `tools/test.py`'s checkpoint, `resume`),
+        weights-only (see `checkpoint_loading`) and verified: loaded/total backbone tensors are
+        logged, a file that is no checkpoint says so, and a `ValueError` shows expected vs found
+        names when fewer than half of the backbone's tensors matched."""
+        check_checkpoint_file(filename)
         with checkpoint_loading(filename):
-            return super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        scope = 'backbone.' if any(k.startswith('backbone.') for k in model.state_dict()) else ''
+        verify_state_dict(model, state_dict_from(checkpoint, filename), 'the model', filename,
+                          scope=scope, advice=CHECKPOINT_ADVICE)
+        return checkpoint
 
     def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         """`Runner.resume`, weights-only (see `checkpoint_loading`)."""
         with checkpoint_loading(filename):
             super().resume(filename, *args, **kwargs)
+
+
+def _with_sample_seeding(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, ConfigDict, dict]:
+    """`cfg` (a resolved copy) with per-sample augmentation seeding on its train dataloader when
+    it sets `sample_seeding=True`."""
+    seeding = cfg.get('sample_seeding', False)
+    if not isinstance(seeding, bool):
+        raise TypeError(f'sample_seeding must be True or False, got {seeding!r}')
+    if seeding and cfg.get('train_dataloader') is not None:
+        cfg['train_dataloader'] = per_sample_seed_dataloader(cfg['train_dataloader'])
+    return cfg
 
 
 def _init_cpu_process_group(dist_cfg: Dict[str, Any]) -> None:

@@ -113,6 +113,20 @@ def _check_doubling(levels: Sequence[FeatureSpec], where: str, kind: str, why: s
                                f'to size (FPN, ChannelMapper).', all_levels)
 
 
+def _check_increasing(levels: Sequence[FeatureSpec], where: str, kind: Optional[str],
+                      all_levels: Sequence[FeatureSpec]) -> None:
+    """FPN-style necks run top-down from the last level (the deepest) and add extra levels
+    below it: the levels must come shallow to deep, each stride at least the previous one."""
+    strides = [lv.stride for lv in levels if lv.stride is not None]
+    if any(b < a for a, b in zip(strides, strides[1:])):
+        indices = [lv.index for lv in all_levels]
+        fix = (f', e.g. out_indices={tuple(sorted(indices))}' if None not in indices else '')
+        raise _fail(where, f'{kind} needs its levels in increasing stride order (shallow to '
+                           f'deep: it runs top-down from the last one and adds extra levels '
+                           f'below it), got strides {strides}. List the backbone levels in '
+                           f'that order{fix}.', all_levels)
+
+
 def _doubled(stride: Optional[int], times: int = 1) -> Optional[int]:
     return None if stride is None else stride * 2 ** times
 
@@ -168,6 +182,7 @@ def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
     def outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
         start, stop, num_outs = _used_range(cfg, levels, where, default_start)
         used = levels[start:stop]
+        _check_increasing(used, where, type_name(cfg), levels)
         why = doubling
         if why is None and 'scale_factor' in (cfg.get('upsample_cfg') or {}):
             why = 'upsamples by a fixed scale_factor and adds'
@@ -195,6 +210,7 @@ def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                            f'sizes its outputs like inputs 1, 2 and 3, so it needs at least four '
                            f'input levels and three used ones; got {len(levels)} levels, '
                            f'start_level={start}, {stop - start} used.', levels)
+    _check_increasing(levels, where, 'NASFCOS_FPN', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     sized_like = levels[1:4]
     return tuple([FeatureSpec(out_channels, lv.stride) for lv in sized_like]
@@ -202,6 +218,7 @@ def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
 
 
 def _channel_mapper_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    _check_increasing(levels, where, 'ChannelMapper', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     num_outs = len(levels) if cfg.get('num_outs') is None else \
         _int_option(cfg, 'num_outs', _REQUIRED, where)

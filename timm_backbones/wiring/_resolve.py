@@ -224,7 +224,10 @@ def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) 
     where = f'{path}.data_preprocessor'
     if _is_auto(value):
         _set(pre, 'pad_size_divisor', auto, where)
-    elif not isinstance(value, int) or value < 1 or value % need:
+    elif not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{where}.pad_size_divisor must be an int or 'auto', got {value!r} "
+                        f"({type(value).__name__}). Fix: pad_size_divisor='auto' (gives {auto}).")
+    elif value < 1 or value % need:
         raise ValueError(
             f'{where}.pad_size_divisor={value!r}: the timm backbone at {path}.backbone needs '
             f'input sides that are multiples of {need} (window attention, patch size). Fix: '

@@ -1,0 +1,135 @@
+"""Exact resume with the shipped demo config's own dataloader settings (one persistent worker,
+RandomFlip, mmdet's AspectRatioBatchSampler): trained by tools/train.py, SIGKILLed after the
+epoch-1 checkpoint, resumed with --resume, and compared bit for bit (weights and optimizer state)
+with an uninterrupted run; and the same weights with 0 and 2 workers (per-sample augmentation
+seeding, `timm_backbones/data/_seeding.py`). The config is the demo's, shrunk (few small images,
+3 epochs, no validation)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from helpers import ROOT
+from timm_backbones._checkpoint import checkpoint_loading
+
+DEMO = os.path.join(ROOT, 'configs', 'retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
+TIMEOUT = 300
+EPOCHS = 3
+
+
+def _env():
+    # one OpenMP thread per process: identical arithmetic in every run, and fast on a busy CPU
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+
+
+def _train_cmd(config, work_dir, *extra):
+    return [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), str(config),
+            '--work-dir', str(work_dir), *extra]
+
+
+def train(config, work_dir, *extra):
+    proc = subprocess.run(_train_cmd(config, work_dir, *extra), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'training failed ({proc.returncode}):\n{out[-6000:]}'
+    return out
+
+
+def load(path):
+    with checkpoint_loading(str(path)):
+        return torch.load(path)
+
+
+def assert_same_state(a, b):
+    """Weights, optimizer state and scheduler state equal bit for bit."""
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    differ = [k for k, v in a['state_dict'].items() if not torch.equal(v, b['state_dict'][k])]
+    assert not differ, f'{len(differ)} of {len(a["state_dict"])} tensors differ: {differ[:5]}'
+    opt_a, opt_b = a['optimizer'], b['optimizer']
+    assert opt_a['state'].keys() == opt_b['state'].keys() and opt_a['state']
+    for key, state in opt_a['state'].items():
+        for name, value in state.items():
+            other = opt_b['state'][key][name]
+            assert torch.equal(value, other) if isinstance(value, torch.Tensor) \
+                else value == other, (key, name)
+    assert opt_a['param_groups'] == opt_b['param_groups']
+    assert a['param_schedulers'] == b['param_schedulers']
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    """The demo config, shrunk: 32 images of 96x96 (4 iterations per epoch), 3 epochs, a
+    checkpoint every epoch, no validation. Its dataloader settings stay the demo's."""
+    root = tmp_path_factory.mktemp('resume')
+    cfg = Config.fromfile(DEMO)
+    loader = cfg.train_dataloader
+    # what this test is about: the shipped settings, unchanged
+    assert loader.num_workers == 1 and loader.persistent_workers is True
+    assert any(t['type'] == 'RandomFlip' for t in loader.dataset.pipeline)
+    assert cfg.sample_seeding is True  # from configs/_base_/timm_runtime.py
+    synthetic = dict(num_train=32, num_val=2, img_size=(96, 96), obj_size=(16, 48),
+                     max_objects=3, seed=0)
+    loader.dataset.data_root = f'{root}/data/'
+    loader.dataset.synthetic = synthetic
+    for t in loader.dataset.pipeline:
+        if t['type'] == 'Resize':
+            t['scale'] = synthetic['img_size']
+    cfg.train_cfg.max_epochs = EPOCHS
+    cfg.train_cfg.val_interval = 1000
+    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
+    cfg.default_hooks.checkpoint.update(interval=1, max_keep_ckpts=-1)
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.visualization.draw = False
+    path = root / 'demo_small.py'
+    cfg.dump(str(path))
+    return root, path
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(demo):
+    root, config = demo
+    train(config, root / 'full')
+    return root / 'full'
+
+
+def test_resume_after_sigkill_is_bit_exact(demo, uninterrupted):
+    root, config = demo
+    work_dir = root / 'killed'
+    proc = subprocess.Popen(_train_cmd(config, work_dir), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own process group: workers die too
+    last = work_dir / 'last_checkpoint'  # written once epoch_1.pth is complete
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (last.is_file() and last.read_text().strip().endswith('epoch_1.pth')):
+            assert proc.poll() is None, 'training ended before its first checkpoint'
+            assert time.monotonic() < deadline, 'no epoch-1 checkpoint in time'
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (work_dir / f'epoch_{EPOCHS}.pth').exists(), 'killed too late to test a resume'
+    log = train(config, work_dir, '--resume')
+    assert 'resumed epoch: 1' in log or 'Epoch(train) [2]' in log
+    assert 'Epoch(train) [1]' not in log
+    assert_same_state(load(uninterrupted / f'epoch_{EPOCHS}.pth'),
+                      load(work_dir / f'epoch_{EPOCHS}.pth'))
+
+
+def test_same_weights_with_0_and_2_workers(demo, uninterrupted):
+    root, config = demo
+    reference = load(uninterrupted / 'epoch_2.pth')  # 1 persistent worker
+    for workers, persistent in ((0, False), (2, True)):
+        work_dir = root / f'workers{workers}'
+        train(config, work_dir, '--cfg-options', 'train_cfg.max_epochs=2',
+              f'train_dataloader.num_workers={workers}',
+              f'train_dataloader.persistent_workers={persistent}')
+        assert_same_state(reference, load(work_dir / 'epoch_2.pth'))
