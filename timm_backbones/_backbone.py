@@ -2,6 +2,7 @@
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
@@ -57,6 +58,13 @@ class TimmBackbone(BaseModule):
             RetinaNet's FPN (start_level=1) when the config leaves pyramid_strides out.
         pyramid_channels: None: ViTDet channels (halved per 2x upsampling); an int: every
             pyramid output projected to that many channels.
+        channels_last: Run in the channels-last memory format: weights are converted once and
+            inputs on every call. Outputs have the same NCHW shape and values (up to float
+            rounding) in channels-last memory, so a detector's neck and head follow.
+        compile: Compile the backbone's forward with `torch.compile` (`nn.Module.compile`, so
+            parameter names and checkpoints are unchanged): True for the defaults, or a dict of
+            `torch.compile` arguments (e.g. `dict(mode='max-autotune')`). The first call of each
+            input size and mode (train/eval) compiles; later calls reuse it.
         init_cfg: mmengine init config, e.g. `dict(type='Pretrained', checkpoint=path,
             prefix='backbone.')` for a backbone or detector checkpoint.
 
@@ -83,6 +91,8 @@ class TimmBackbone(BaseModule):
                  pyramid: Optional[str] = 'auto',
                  pyramid_strides: Sequence[Optional[int]] = DEFAULT_PYRAMID_STRIDES,
                  pyramid_channels: Optional[int] = None,
+                 channels_last: bool = False,
+                 compile: Union[bool, Dict[str, Any]] = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  **unknown: Any) -> None:
         if unknown:
@@ -93,6 +103,9 @@ class TimmBackbone(BaseModule):
         if frozen_bn and sync_bn:
             raise ValueError('frozen_bn=True and sync_bn=True exclude each other: frozen batch '
                              'norms have no statistics to synchronise. Choose one.')
+        if not isinstance(channels_last, bool):
+            raise TypeError(f'channels_last must be True or False, got {channels_last!r}')
+        compile_kwargs = _compile_kwargs(compile)
         self.model_name = model_name
         plan = plan_backbone(model_name, out_indices=out_indices, output_stride=output_stride,
                              in_channels=in_channels, drop_path_rate=drop_path_rate,
@@ -129,6 +142,11 @@ class TimmBackbone(BaseModule):
         self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode
         if self.frozen_stages >= 0:
             self._freeze()
+        self.channels_last = channels_last
+        if channels_last:  # after the converters, which replace modules
+            self.to(memory_format=torch.channels_last)
+        if compile_kwargs is not None:
+            self.compile(**compile_kwargs)
         if pretrained:
             print_log(f'TimmBackbone: loaded pretrained weights for {model_name} '
                       f"({'timm hub' if pretrained is True else pretrained})", logger='current')
@@ -202,6 +220,8 @@ class TimmBackbone(BaseModule):
         fixed-size model) are zero-padded bottom/right, as mmdet pads batches, and the maps
         of the padding are cropped off again: outputs are ceil(input / stride) in size.
         """
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         hw = (x.shape[-2], x.shape[-1])
         run_hw = self._run_size(hw)
         if run_hw != hw:
@@ -242,6 +262,25 @@ def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],
             f'0 (the stem) or 1..{n} (the stem and that many levels).\n'
             f'Levels:\n{format_specs(levels)}')
     return frozen_stages
+
+
+_COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
+
+
+def _compile_kwargs(compile: Union[bool, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """`torch.compile` arguments for TimmBackbone's `compile` option (None: do not compile)."""
+    if compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        unknown = [k for k in compile if k not in _COMPILE_ARGS]
+        if unknown:
+            raise TypeError(f'compile={compile!r}: unknown torch.compile argument(s) {unknown}; '
+                            f'allowed: {", ".join(_COMPILE_ARGS)}.')
+        return dict(compile)
+    raise TypeError(f'compile must be False, True or a dict of torch.compile arguments (e.g. '
+                    f"dict(mode='max-autotune')), got {compile!r}")
 
 
 def _enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
