@@ -75,6 +75,7 @@ def test_channels_last_in_a_detector_config():
     with torch.no_grad():
         expected, got = TensorForward(ref, (128, 128))(x), TensorForward(cl, (128, 128))(x)
         assert cl.backbone(x)[0].is_contiguous(memory_format=CL)
+    assert cl.backbone.model.conv1.weight.is_contiguous(memory_format=CL)
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
 

@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ('adapter', 'retinanet', 'configs', 'specs', 'with_cp', 'speed')
@@ -42,25 +42,27 @@ MB = 2 ** 20
 # Sizes and repetitions: (--quick, full).
 SETTINGS = {
     'adapter_input': ((1, 224), (2, 512)),  # (batch, side)
-    'adapter_reps': (5, 7),
-    'retinanet_input': ((1, 320), (2, 512)),
-    'retinanet_reps': (4, 6),
+    'adapter_reps': (5, 5),
+    'retinanet_input': ((1, 320), (1, 512)),
+    'retinanet_reps': (3, 5),
     'config_size': (256, 512),
-    'config_reps': (2, 4),
-    'specs_models': (('resnet50', 'convnext_large', 'vit_large_patch16_224'),
-                     ('resnet50', 'convnext_large', 'vit_large_patch16_224',
-                      'swin_base_patch4_window7_224', 'efficientnet_b3')),
-    'specs_reps': (3, 5),
+    'config_reps': (1, 2),
+    'specs_models': (('resnet50', 'vit_base_patch16_224'),
+                     ('resnet50', 'efficientnet_b3', 'convnext_large', 'vit_large_patch16_224')),
+    'specs_reps': (2, 3),
     'with_cp_models': (('convnext_tiny', 'vit_base_patch16_224'),) * 2,
     'with_cp_input': ((1, 512), (1, 512)),
     'with_cp_reps': (1, 2),
     'speed_models': (('resnet18',), ('resnet50', 'convnext_tiny')),
     'speed_input': ((1, 224), (1, 512)),
-    'speed_reps': (5, 7),
+    'speed_reps': (5, 5),
 }
 
-ADAPTER_MODELS = ('resnet50', 'convnext_tiny', 'swin_tiny_patch4_window7_224',
-                  'efficientnet_b3', 'vit_small_patch16_224')
+# (model, TimmBackbone options): CNNs, NHWC (Swin), EfficientNet, a ViT without and with its
+# simple pyramid (its default for a plain model), each vs the raw timm extractor.
+ADAPTER_MODELS = (('resnet50', {}), ('convnext_tiny', {}), ('swin_tiny_patch4_window7_224', {}),
+                  ('efficientnet_b3', {}), ('vit_small_patch16_224', dict(pyramid=None)),
+                  ('vit_small_patch16_224', {}))
 
 
 # ---- measuring ---------------------------------------------------------------------------------
@@ -109,7 +111,10 @@ def child(task: str, *args: str, threads: int) -> Dict[str, Any]:
     """Run `task` of this file in a fresh process (memory measurements); returns its JSON."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-        OMP_NUM_THREADS=str(threads))
+        OMP_NUM_THREADS=str(threads),
+        # glibc: allocations over 128 KiB get their own mapping, returned to the system when
+        # freed, so resident memory follows the tensors alive (no heap kept from earlier steps)
+        MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072')
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', task, *args,
                            '--threads', str(threads)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
@@ -182,9 +187,9 @@ def bench_adapter(q: int) -> Dict[str, Any]:
     batch, side = SETTINGS['adapter_input'][q]
     reps = SETTINGS['adapter_reps'][q]
     rows, results = [], {}
-    for name in ADAPTER_MODELS:
+    for name, options in ADAPTER_MODELS:
         torch.manual_seed(0)
-        adapter = TimmBackbone(name).eval()
+        adapter = TimmBackbone(name, **options).eval()
         raw = raw_timm(adapter)
         s = padded_side(adapter, side)
         x = image(batch, s)
@@ -198,12 +203,13 @@ def bench_adapter(q: int) -> Dict[str, Any]:
                 same = None  # the pyramid adds layers: outputs differ by design
             times = interleaved({'raw': lambda: raw(x), 'adapter': lambda: adapter(x)}, reps)
         r = ratio(times, 'adapter', 'raw')
-        kind = ('ViT + simple pyramid vs raw features' if adapter.pyramid is not None
-                else adapter.plan.output_format)
-        results[name] = dict(input=[batch, 3, s, s], kind=kind, identical=same,
+        kind = ('NCHW + simple pyramid (4 maps from the last block) vs raw last block'
+                if adapter.pyramid is not None else adapter.plan.output_format)
+        results[f'{name} {options}' if options else name] = dict(input=[batch, 3, s, s], kind=kind, identical=same,
                              raw=summary(times['raw']), adapter=summary(times['adapter']),
                              ratio=r)
-        rows.append([name, kind, f'{batch}x3x{s}x{s}', fmt_time(summary(times['raw'])),
+        rows.append([name + ''.join(f' {k}={v}' for k, v in options.items()), kind,
+                     f'{batch}x3x{s}x{s}', fmt_time(summary(times['raw'])),
                      fmt_time(summary(times['adapter'])), fmt_ratio(r),
                      {True: 'yes', False: 'NO', None: 'n/a'}[same]])
         print(rows[-1], flush=True)
@@ -304,8 +310,7 @@ def bench_configs(q: int) -> Dict[str, Any]:
 def child_specs(name: str, what: str) -> Dict[str, Any]:
     from timm_backbones import TimmBackbone, feature_specs
     from timm_backbones._probe import clear_caches
-    feature_specs(dict(type='TimmBackbone', model_name='resnet18'))  # warm imports, lazy init
-    TimmBackbone('resnet18')
+    feature_specs(dict(type='TimmBackbone', model_name='resnet18'))  # warm imports (no weights)
     clear_caches()
     start = time.perf_counter()
     if what == 'specs':
@@ -453,12 +458,26 @@ TITLES = {
 }
 
 
+PREAMBLE = """# Benchmarks
+
+Written by `tools/benchmark.py` (run: `{command}`).
+Candidates of each comparison run interleaved (the order swapped every repetition), so drift
+and other jobs hit both alike. Times
+are medians with the range (min-max) in brackets; ratios are ratios of the medians, with the
+range of the per-repetition ratios in brackets. Memory: peak resident memory of a fresh process
+during the measured step, above the resident memory before it (glibc returning freed memory at
+once). Random weights throughout (no hub access): post-processing of two-stage and DETR heads
+depends on the weights, so their images/s are indicative only.
+"""
+
+
 def markdown(info: Dict[str, str], sections: Dict[str, Dict[str, Any]], quick: bool) -> str:
-    lines = [f"Run: `python tools/benchmark.py{' --quick' if quick else ''}` "
-             f"on {info['date']}.", '',
+    command = 'nice -n 10 python tools/benchmark.py' + (' --quick' if quick else '')
+    lines = [PREAMBLE.format(command=command), '## Machine and versions', '',
              '| | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in info.items()]
     for name, result in sections.items():
-        lines += ['', f'### {TITLES[name]}', '', result['table']]
+        lines += ['', f'## {TITLES[name]}', '', result['table'],
+                  '', f"({result['seconds']:.0f} s)"]
     return '\n'.join(lines) + '\n'
 
 
@@ -473,7 +492,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     torch.set_num_threads(args.threads)
+    import warnings
+    warnings.filterwarnings('ignore')
+    from mmengine.logging import MMLogger
     import timm_backbones  # noqa: F401  (registers TimmBackbone)
+    # the probes' expected failures (e.g. dynamic_img_size on CNNs) are logged as warnings
+    MMLogger.get_current_instance().setLevel('ERROR')
     if args.child:
         task, *rest = args.child
         result = {'specs': child_specs, 'with_cp': child_with_cp}[task](*rest)
@@ -492,6 +516,7 @@ def main() -> None:
         sections[name] = runners[name]()
         sections[name]['seconds'] = time.perf_counter() - start
         print(sections[name]['table'], f"\n({sections[name]['seconds']:.0f} s)", flush=True)
+    info['load_at_end'] = ' '.join(f'{v:.1f}' for v in os.getloadavg())
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(machine=info, quick=args.quick, sections=sections), f, indent=1)
