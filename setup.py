@@ -21,5 +21,9 @@ setup(
         'torch>=2.5', 'timm>=1.0,<1.1', 'mmengine>=0.10,<0.11', 'mmcv>=2.0.0rc4,<2.2.0',
         'mmdet>=3.3,<3.4', 'pycocotools', 'matplotlib',
     ],
-    extras_require={'tests': ['pytest', 'pytest-timeout']},
+    extras_require={
+        'tests': ['pytest', 'pytest-timeout'],
+        # ONNX export (tools/export.py): torch's dynamo exporter and onnxruntime to check it.
+        'export': ['onnx', 'onnxscript', 'onnxruntime'],
+    },
 )

@@ -4,6 +4,7 @@ import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit, update_init_info
@@ -63,6 +64,13 @@ class TimmBackbone(BaseModule):
             RetinaNet's FPN (start_level=1) when the config leaves pyramid_strides out.
         pyramid_channels: None: ViTDet channels (halved per 2x upsampling); an int: every
             pyramid output projected to that many channels (only for models that get a pyramid).
+        channels_last: Run in the channels-last memory format: weights are converted once and
+            inputs on every call. Outputs have the same NCHW shape and values (up to float
+            rounding) in channels-last memory, so a detector's neck and head follow.
+        compile: Compile the backbone's forward with `torch.compile` (`nn.Module.compile`, so
+            parameter names and checkpoints are unchanged): True for the defaults, or a dict of
+            `torch.compile` arguments (e.g. `dict(mode='max-autotune')`). The first call of each
+            input size and mode (train/eval) compiles; later calls reuse it.
         init_cfg: mmengine init config, e.g. `dict(type='Pretrained', checkpoint=path,
             prefix='backbone.')` for a backbone or detector checkpoint. `init_weights()` loads it
             verified: loaded/total tensors are logged, and an error shows expected vs found
@@ -91,6 +99,8 @@ class TimmBackbone(BaseModule):
                  pyramid: Optional[str] = 'auto',
                  pyramid_strides: Optional[Sequence[Optional[int]]] = None,
                  pyramid_channels: Optional[int] = None,
+                 channels_last: bool = False,
+                 compile: Union[bool, Dict[str, Any]] = False,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
                  **unknown: Any) -> None:
         if unknown:
@@ -101,11 +111,12 @@ class TimmBackbone(BaseModule):
         if not isinstance(pretrained, (bool, str)) or pretrained == '':
             raise TypeError(f'pretrained must be False, True or a file path, got {pretrained!r}')
         for name, value in dict(norm_eval=norm_eval, frozen_bn=frozen_bn, sync_bn=sync_bn,
-                                with_cp=with_cp).items():
+                                with_cp=with_cp, channels_last=channels_last).items():
             _check_bool(name, value)
         if frozen_bn and sync_bn:
             raise ValueError('frozen_bn=True and sync_bn=True exclude each other: frozen batch '
                              'norms have no statistics to synchronise. Choose one.')
+        compile_kwargs = _compile_kwargs(compile)
         self.model_name = model_name
         plan = plan_backbone(model_name, out_indices=out_indices, output_stride=output_stride,
                              in_channels=in_channels, drop_path_rate=drop_path_rate,
@@ -143,6 +154,11 @@ class TimmBackbone(BaseModule):
         self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode
         if self.frozen_stages >= 0:
             self._freeze()
+        self.channels_last = channels_last
+        if channels_last:  # after the converters, which replace modules
+            self.to(memory_format=torch.channels_last)
+        if compile_kwargs is not None:
+            self.compile(**compile_kwargs)
 
     @property
     def feature_specs(self) -> Tuple[FeatureSpec, ...]:
@@ -250,6 +266,8 @@ class TimmBackbone(BaseModule):
         of the padding are cropped off again: outputs are ceil(input / stride) in size.
         """
         self._check_input(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         hw = (x.shape[-2], x.shape[-1])
         run_hw = self._run_size(hw)
         if run_hw != hw:
@@ -330,6 +348,25 @@ def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],
             f'0 (the stem) or 1..{n} (the stem and that many stages). Stages are counted as in '
             f'mmdet: {stem}stage k is the level listed as k below.\nStages:\n{stages}')
     return frozen_stages
+
+
+_COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
+
+
+def _compile_kwargs(compile: Union[bool, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """`torch.compile` arguments for TimmBackbone's `compile` option (None: do not compile)."""
+    if compile is False:
+        return None
+    if compile is True:
+        return {}
+    if isinstance(compile, dict):
+        unknown = [k for k in compile if k not in _COMPILE_ARGS]
+        if unknown:
+            raise TypeError(f'compile={compile!r}: unknown torch.compile argument(s) {unknown}; '
+                            f'allowed: {", ".join(_COMPILE_ARGS)}.')
+        return dict(compile)
+    raise TypeError(f'compile must be False, True or a dict of torch.compile arguments (e.g. '
+                    f"dict(mode='max-autotune')), got {compile!r}")
 
 
 def _enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:

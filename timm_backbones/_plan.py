@@ -201,7 +201,7 @@ def plan_backbone(model_name: str,
 _SHAPE_OPTIONS = ('out_indices', 'output_stride', 'in_channels', 'drop_path_rate',
                   'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels')
 _OTHER_OPTIONS = ('pretrained', 'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp',
-                  'init_cfg')
+                  'channels_last', 'compile', 'init_cfg')
 OPTIONS = ('model_name',) + _SHAPE_OPTIONS + _OTHER_OPTIONS  # every TimmBackbone option
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the pinned stack into the project's virtual environment (.venv by default):
 # torch + torchvision, mmcv with its compiled ops (built once, cached outside the repo),
-# mmengine, mmdet, timm, the test tools, and this package (editable).
+# mmengine, mmdet, timm, the test tools, the ONNX export extra (onnx, onnxscript, onnxruntime),
+# and this package (editable).
 #
 # Idempotent: when the environment already matches requirements/constraints.txt and setup.py
 # (recorded in a stamp file), it returns at once. If any step fails, the stamp is not written and
@@ -50,12 +51,13 @@ log "installing mmcv from $wheel"
 "$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS" "$wheel"
 
 # 4. The rest of the stack and this package.
-log "installing mmengine, mmdet, timm and test tools"
-pip_install -r requirements/runtime.in
+log "installing mmengine, mmdet, timm, test tools and the export extra"
+pip_install -r requirements/runtime.in -r requirements/export.in
 "$PY" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 
 # 5. Prove the stack imports (compiled ops included) before declaring success.
-"$PY" -c "import mmdet.models, mmcv.ops, timm, timm_backbones; from mmcv.ops import nms, RoIAlign" \
+"$PY" -c "import mmdet.models, mmcv.ops, timm, timm_backbones; from mmcv.ops import nms, RoIAlign
+import onnx, onnxscript, onnxruntime" \
   || die "the installed stack does not import"
 echo "$want" > "$stamp"
 log "done in $(( $(date +%s) - start ))s"
