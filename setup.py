@@ -21,4 +21,5 @@ setup(
         'mmdet>=3.3,<3.4', 'pycocotools', 'matplotlib',
     ],
     extras_require={'tests': ['pytest', 'pytest-timeout']},
+    entry_points={'console_scripts': ['timm-backbones=timm_backbones.cli:console']},
 )

@@ -40,7 +40,12 @@ def _cases():
         yield 'clamp', aten.clamp.default, (x, 0.0, 6.0), {}
         yield 'mul.Scalar', aten.mul.Scalar, (x, 2.0), {}
         yield 'add.Tensor', aten.add.Tensor, (x, torch.empty_like(x)), {'alpha': 2}
-        yield 'mul.Tensor bcast', aten.mul.Tensor, (x, _meta(1, c, 1, 1)), {}  # goes to torch
+        yield 'mul.Tensor bcast', aten.mul.Tensor, (x, _meta(1, c, 1, 1)), {}
+        yield 'add.Tensor bcast both', aten.add.Tensor, (_meta(1, c, 1, 1), x), {}
+        yield 'pow', aten.pow.Tensor_Scalar, (x, 2), {}
+        yield 'rsqrt', aten.rsqrt.default, (x,), {}
+        yield 'mean keepdim', aten.mean.dim, (x, [-1], True), {}
+        yield 'mean 2 dims', aten.mean.dim, (x, [2, 3]), {}
         yield 'batch_norm', aten.native_batch_norm.default, (x, v, v, v, v, False, 0.1, 1e-5), {}
         yield 'batch_norm train', aten.native_batch_norm.default, (x, v, v, v, v, True, .1, 1e-5), {}
         yield 'batch_norm legit', aten._native_batch_norm_legit_no_training.default, \
@@ -58,6 +63,9 @@ def _cases():
     yield 'layer_norm wrong shape', aten.native_layer_norm.default, \
         (_meta(2, 3, 5), [8], w, None, 1e-6), {}
     yield 'add shape mismatch', aten.add.Tensor, (_meta(2, 3), _meta(2, 4)), {}
+    yield 'mul outer bcast', aten.mul.Tensor, (_meta(2, 1, 3), _meta(1, 4, 1)), {}
+    yield 'mul 0-dim', aten.mul.Tensor, (_meta(2, 4, 3), torch.empty((), device='meta')), {}
+    yield 'mean repeated dim', aten.mean.dim, (_meta(2, 3), [1, -1]), {}
 
 
 @pytest.mark.parametrize('name,op,args,kwargs', list(_cases()),

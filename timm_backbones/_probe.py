@@ -110,13 +110,38 @@ def _inplace(func, args, kwargs):
 
 
 def _binary(func, args, kwargs):
-    """add/sub/mul/div of two tensors of one shape, layout and dtype."""
+    """add/sub/mul/div of two tensors of one dtype: of one shape and layout (output laid out
+    alike), or both contiguous (broadcast, contiguous output)."""
     a, b = args[0], args[1]
-    if _float_meta(a) and _float_meta(b) and a.shape == b.shape and a.stride() == b.stride() \
-            and a.dtype == b.dtype and _dense(a) and not any(
-                isinstance(v, torch.Tensor) for v in kwargs.values()):
+    if not (_float_meta(a) and _float_meta(b) and a.dtype == b.dtype) or any(
+            isinstance(v, torch.Tensor) for v in kwargs.values()):
+        return NotImplemented
+    if a.shape == b.shape and a.stride() == b.stride() and _dense(a):
         return torch.empty_like(a)
+    if a.is_contiguous() and b.is_contiguous():
+        try:
+            shape = torch.broadcast_shapes(a.shape, b.shape)
+        except RuntimeError:
+            return NotImplemented  # torch raises its own error
+        return a.new_empty(shape)
     return NotImplemented
+
+
+def _mean(func, args, kwargs):
+    """mean over dims of a contiguous tensor -> contiguous."""
+    x, dims = args[0], args[1]
+    keep = args[2] if len(args) > 2 else kwargs.get('keepdim', False)
+    if not (_float_meta(x) and x.is_contiguous() and kwargs.get('dtype') is None and
+            len(args) <= 3 and isinstance(dims, (list, tuple)) and dims):
+        return NotImplemented
+    n = x.dim()
+    if not all(isinstance(d, int) and -n <= d < n for d in dims):
+        return NotImplemented
+    picked = {d % n for d in dims}
+    if len(picked) != len(dims):
+        return NotImplemented
+    shape = [1 if i in picked else s for i, s in enumerate(x.shape) if keep or i not in picked]
+    return x.new_empty(shape)
 
 
 def _channel_vectors(x: torch.Tensor, vectors: Sequence[Any]) -> bool:
@@ -170,7 +195,8 @@ def _fast_ops() -> Dict[Any, Callable]:
     aten = torch.ops.aten
     table: Dict[Any, Callable] = {}
     for name in ('gelu', 'hardswish', 'hardsigmoid', 'relu', 'leaky_relu', 'silu', 'sigmoid',
-                 'tanh', 'hardtanh', 'clamp', 'clamp_min', 'elu', 'mish'):
+                 'tanh', 'hardtanh', 'clamp', 'clamp_min', 'elu', 'mish', 'rsqrt', 'sqrt',
+                 'exp', 'neg', 'abs', 'erf'):
         table[getattr(aten, name).default] = _unary
         if hasattr(aten, name + '_'):
             table[getattr(aten, name + '_').default] = _inplace
@@ -187,7 +213,8 @@ def _fast_ops() -> Dict[Any, Callable]:
                   aten._native_batch_norm_legit_no_training.default: _batch_norm,
                   aten.native_layer_norm.default: _layer_norm,
                   aten._softmax.default: _softmax, aten._safe_softmax.default: _softmax,
-                  aten.addmm.default: _addmm})
+                  aten.addmm.default: _addmm, aten.mean.dim: _mean,
+                  aten.pow.Tensor_Scalar: _unary})
     return table
 
 

@@ -201,10 +201,11 @@ def family_config_text(family: str, arch: str, pretrained: bool = True) -> str:
     model = dict(backbone=backbone, **copy.deepcopy(spec.model))
     levels = ', '.join(f'{s.channels}@{s.stride}' for s in specs)
     lines = [
-        f'# {spec.title} with timm {arch!r} (written by `timm-backbones config {family} {arch}`;',
-        f'# follows configs/{spec.shipped}). Backbone outputs (channels@stride): {levels}.',
-        "# Channels and strides marked 'auto' are filled from the backbone when the config is",
-        '# resolved (TimmBackboneRunner, tools/train.py, `timm-backbones check`).',
+        f"# {spec.title} with timm's {arch}: `timm-backbones config {family} {arch}`",
+        f'# (set up as configs/{spec.shipped}).',
+        f'# Backbone outputs, channels@stride: {levels}.',
+        "# Fields set to 'auto' are filled from the backbone when the config is resolved",
+        '# (TimmBackboneRunner, tools/train.py, `timm-backbones check CONFIG`).',
     ]
     if 'input_size' in backbone:
         lines.append(f"# {arch} only runs at the size it is built for: built for "
