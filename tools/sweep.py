@@ -182,7 +182,7 @@ def _loop(workers: List[Worker], pending: List[str], record, ctx, families: List
     """Hand out architectures until all are recorded; kill workers past the time limit."""
     while any(w.arch for w in workers):
         busy = [w for w in workers if w.arch]
-        for conn in wait([w.conn for w in busy], timeout=1.0):
+        for conn in wait([w.conn for w in busy], timeout=min(1.0, timeout / 2)):
             w = next(w for w in busy if w.conn is conn)
             try:
                 result = w.conn.recv()
