@@ -283,7 +283,7 @@ def meta_model(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
         try:
             model = create_features(model_name, kwargs, None, meta=False)
         except ValueError:
-            raise meta_err from None
+            raise meta_err from meta_err.__cause__  # the meta error, its cause kept
         print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
                   f'from a CPU build', logger='current', level=logging.WARNING)
     _MODELS[key] = model

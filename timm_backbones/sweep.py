@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -347,9 +348,7 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
         >>> check_family('retinanet', 'resnet18').status
         'ok'
     """
-    from mmengine.config import ConfigDict
     from mmengine.registry import init_default_scope
-    from mmdet.registry import MODELS
 
     from .wiring import resolve_config
     try:
@@ -359,18 +358,51 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
         return FamilyResult('rejected', _first_line(err))
     try:
         init_default_scope('mmdet')
-        with torch.device('meta'), fast_meta():
-            detector = MODELS.build(ConfigDict(model_cfg)).eval()
+        detector, maps = _detector(model_cfg)
         size = size or FAMILIES[family].size
         divisor = model_cfg['data_preprocessor'].get('pad_size_divisor', 1)
         padded = tuple(-(-s // divisor) * divisor for s in size)
         with torch.no_grad(), fast_meta():
-            feats = detector.extract_feat(torch.empty(1, 3, *padded, device='meta'))
+            if padded not in maps:  # the backbone's maps, shared by families with its config
+                maps[padded] = detector.backbone(torch.empty(1, 3, *padded, device='meta'))
+            feats = detector.neck(maps[padded]) if detector.with_neck else maps[padded]
             _check_maps(feats, levels, padded, f'{family} neck')
             _run_heads(detector, feats)
     except Exception as err:  # noqa: BLE001 - the matrix records every failure with its reason
         return FamilyResult('failed', _first_line(err))
     return FamilyResult('ok')
+
+
+# Meta-device detectors by their config less the backbone, and the current architecture's
+# backbones by config (with their output maps by input size): families and architectures that
+# share a neck/head config or a backbone config build it once.
+_DETECTORS: 'OrderedDict[str, torch.nn.Module]' = OrderedDict()
+_DETECTORS_KEPT = 64
+_BACKBONES: Dict[str, Tuple[torch.nn.Module, Dict[Tuple[int, ...], Any]]] = {}
+
+
+def _detector(model_cfg: Dict[str, Any]) -> Tuple[torch.nn.Module, Dict[Tuple[int, ...], Any]]:
+    """The detector of a resolved model config, built on the meta device, with its backbone
+    (and that backbone's cache of output maps). A detector built before from the same config
+    apart from the backbone is reused with this backbone in place."""
+    from mmengine.config import ConfigDict
+    from mmdet.registry import MODELS
+    key = repr({k: v for k, v in model_cfg.items() if k != 'backbone'})
+    backbone_key = repr(model_cfg['backbone'])
+    with torch.device('meta'), fast_meta():
+        detector = _DETECTORS.get(key)
+        if detector is None:
+            detector = MODELS.build(ConfigDict(model_cfg)).eval()
+            _BACKBONES.setdefault(backbone_key, (detector.backbone, {}))
+            _DETECTORS[key] = detector
+            while len(_DETECTORS) > _DETECTORS_KEPT:
+                _DETECTORS.popitem(last=False)
+        elif backbone_key not in _BACKBONES:
+            _BACKBONES[backbone_key] = (MODELS.build(ConfigDict(model_cfg['backbone'])).eval(),
+                                        {})
+    backbone, maps = _BACKBONES[backbone_key]
+    detector.backbone = backbone
+    return detector, maps
 
 
 def describe_architecture(arch: str) -> ArchResult:
@@ -411,6 +443,7 @@ def check_architecture(arch: str, families: Sequence[str] = MATRIX_FAMILIES,
         ([2, 4, 8, 16, 32], 'ok')
     """
     start = time.perf_counter()
+    _BACKBONES.clear()  # the previous architecture's
     try:
         result = describe_architecture(arch)
     except (ValueError, TypeError) as err:
