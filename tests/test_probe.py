@@ -47,7 +47,8 @@ def _cases():
         yield 'mean keepdim', aten.mean.dim, (x, [-1], True), {}
         yield 'mean 2 dims', aten.mean.dim, (x, [2, 3]), {}
         yield 'batch_norm', aten.native_batch_norm.default, (x, v, v, v, v, False, 0.1, 1e-5), {}
-        yield 'batch_norm train', aten.native_batch_norm.default, (x, v, v, v, v, True, .1, 1e-5), {}
+        yield 'batch_norm train', aten.native_batch_norm.default, \
+            (x, v, v, v, v, True, 0.1, 1e-5), {}
         yield 'batch_norm legit', aten._native_batch_norm_legit_no_training.default, \
             (x, None, None, v, v, 0.1, 1e-5), {}
         last = x.shape[-1]

@@ -27,10 +27,10 @@ from ._plan import plan_backbone, plan_from_config
 from ._probe import fast_meta, supports_kwargs
 from ._specs import FeatureSpec, size_near
 
-__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'FamilyResult',
-           'ArchResult', 'describe_architecture', 'family_backbone', 'family_config_text', 'family_model',
-           'check_family', 'check_architecture', 'is_plain', 'configs_dir', 'STATUSES',
-           'environment']
+__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'STATUSES',
+           'FamilyResult', 'ArchResult', 'describe_architecture', 'family_backbone',
+           'family_config_text', 'family_model', 'check_family', 'check_architecture',
+           'is_plain', 'configs_dir', 'environment']
 
 DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
 STATUSES = ('ok', 'rejected', 'failed', 'timeout')

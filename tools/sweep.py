@@ -113,6 +113,18 @@ def _worker(conn, families: List[str]) -> None:
                                                  for f in families}))
 
 
+_RUNNING: List['Worker'] = []  # for _terminate
+
+
+def _terminate(*_) -> None:
+    """SIGTERM: kill the workers and leave at once (every finished row is already written)."""
+    for w in _RUNNING:
+        if w.process.is_alive():
+            w.process.kill()
+    print('sweep: terminated; rerun to resume', file=sys.stderr, flush=True)
+    os._exit(143)
+
+
 class Worker:
     """One worker process and the architecture it is checking."""
 
@@ -120,6 +132,7 @@ class Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, args=(child, families), daemon=True)
         self.process.start()
+        _RUNNING.append(self)
         child.close()
         self.arch: Optional[str] = None
         self.started = 0.0
@@ -222,8 +235,9 @@ def markdown(rows: List[Dict[str, str]], families: List[str], env: Dict[str, str
              'Each architecture is put, with its default levels and `pretrained=False`, into the '
              'config `timm-backbones config FAMILY ARCH` prints for each family; the config is '
              'resolved, the whole detector is built on the meta device, and backbone, neck and '
-             'dense heads run at 608x800 with every map checked against the wiring. **ok**: '
-             'works; **rejected**: refused up front with a clear error (reason below); '
+             'dense heads run at 608x800 (RTMDet: 480x640) with every map checked against the '
+             'wiring. **ok**: works; **rejected**: refused up front with a clear error (reason '
+             'below); '
              '**failed** / **timeout**: anything else. Machine-readable: '
              '[compatibility.csv](compatibility.csv).', '',
              '| family | ' + ' | '.join(STATUSES) + ' |',
@@ -265,7 +279,7 @@ def markdown(rows: List[Dict[str, str]], families: List[str], env: Dict[str, str
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit('sweep: terminated; rerun to resume'))
+    signal.signal(signal.SIGTERM, _terminate)
     names = timm.list_models(args.filter) if args.filter else timm.list_models()
     if args.sample and args.sample < len(names):
         names = [names[i * len(names) // args.sample] for i in range(args.sample)]
