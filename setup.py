@@ -26,4 +26,5 @@ setup(
         # ONNX export (tools/export.py): torch's dynamo exporter and onnxruntime to check it.
         'export': ['onnx', 'onnxscript', 'onnxruntime'],
     },
+    entry_points={'console_scripts': ['timm-backbones=timm_backbones.cli:console']},
 )

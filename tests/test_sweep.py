@@ -1,24 +1,42 @@
-"""`slow` sweeps over every timm architecture (run with `make test-slow`).
+"""The sweep (sweep.py, tools/sweep.py): families as data, the per-architecture check, and the
+parallel, resumable tool behind docs/compatibility.csv.
 
-Each architecture must either wire into a RetinaNet (feature_specs -> resolve_config -> meta
-build of backbone + FPN, shape-checked meta forward at a detection-sized input) or be rejected up
-front with a clear error of ours (never a cryptic failure inside the build). Plain models (levels
-at one stride) must come out as a true 4..32 pyramid.
+The `slow` test runs every timm architecture through every matrix family (`make test-slow`;
+`make compatibility` writes the same as the published matrix). The fast tests run the check and
+the tool on a small subset.
 """
+import csv
+import importlib.util
+import os
+
 import pytest
 import timm
+from mmengine.config import Config
 
 import timm_backbones  # noqa: F401  (registers the modules)
-from timm_backbones.sweep import check_architecture, check_layer_decay, is_plain
+from helpers import ROOT
+from timm_backbones.sweep import (FAMILIES, MATRIX_FAMILIES, check_architecture, check_family,
+                                  check_layer_decay,
+                                  family_config_text, family_model, is_plain)
+
+_spec = importlib.util.spec_from_file_location('sweep_tool', os.path.join(ROOT, 'tools',
+                                                                          'sweep.py'))
+sweep_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep_tool)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', timm.list_models())
-def test_architecture_wires_into_retinanet(name):
-    result = check_architecture(name, frozen=False)
-    assert result.status in ('ok', 'rejected'), result.reason
-    if result.status == 'ok' and is_plain(name):
-        assert result.strides == [4, 8, 16, 32]  # a true pyramid, not four stride-16 maps
+def test_architecture_in_every_family(name):
+    # rule: every architecture works in every matrix family or is rejected up front with a
+    # clear error of ours (never a failure inside the build); plain models get a true pyramid
+    result = check_architecture(name)
+    for family, found in result.families.items():
+        assert found.status in ('ok', 'rejected'), (family, found.reason)
+    if result.families['retinanet'].status == 'ok' and is_plain(name):
+        model = family_model('retinanet', name)
+        from timm_backbones import feature_specs
+        assert [s.stride for s in feature_specs(model['backbone'])] == [4, 8, 16, 32]
 
 
 @pytest.mark.slow
@@ -34,12 +52,99 @@ def test_layer_decay_check_itself():
     assert check_layer_decay('pit_ti_224')[0] == 'no_group_matcher'
 
 
-def test_sweep_check_itself():
-    """The fast suite runs the sweep's check on a few models (so it cannot rot)."""
-    assert check_architecture('resnet18').status == 'ok'
-    vit = check_architecture('vit_tiny_patch16_224')
-    assert vit.status == 'ok' and vit.strides == [4, 8, 16, 32]
-    beit = check_architecture('beit_base_patch16_224', frozen=False)  # fixed size: built for it
-    assert beit.status == 'ok'
-    crossvit = check_architecture('crossvit_tiny_240', frozen=False)  # resizes its input
-    assert crossvit.status == 'rejected' and 'does not describe its outputs' in crossvit.reason
+def test_families_cover_the_shipped_configs():
+    # rule: every shipped COCO config has its family, and each family names an existing config
+    shipped = {f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('_coco.py')}
+    assert {f.shipped for f in FAMILIES.values()} <= shipped
+    # a shipped config not followed by a family is a variant of one (e.g. layer decay)
+    assert all(any(f.startswith(name) for name in FAMILIES) for f in shipped), shipped
+    assert set(MATRIX_FAMILIES) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_family_model_is_the_printed_config(family, tmp_path):
+    # rule: the sweep checks exactly the model the CLI prints
+    path = tmp_path / 'cfg.py'
+    path.write_text(family_config_text(family, 'convnext_atto', pretrained=False))
+    printed = Config.fromfile(str(path)).model.to_dict()
+    model = family_model(family, 'convnext_atto')
+    assert printed['backbone'].pop('_delete_', None) in (True, None)
+    assert Config(dict(model=printed)).model.to_dict() == Config(dict(model=model)).model.to_dict()
+
+
+@pytest.mark.parametrize('family', MATRIX_FAMILIES)
+def test_check_family_ok(family):
+    # rule: a CNN and a plain ViT work in every matrix family (meta build + checked forward)
+    assert check_family(family, 'resnet18').status == 'ok'
+    assert check_family(family, 'vit_tiny_patch16_224').status == 'ok'
+
+
+def test_check_architecture_describes_and_rejects():
+    # rule: the row says what the model is; a model whose outputs disagree with feature_info
+    # is rejected in every family with the reason
+    r = check_architecture('resnet18', families=('retinanet',))
+    assert (r.levels, r.channels, r.strides, r.layout, r.output_strides) == \
+        (5, [64, 64, 128, 256, 512], [2, 4, 8, 16, 32], 'NCHW', [8, 16])
+    assert r.families['retinanet'].status == 'ok' and 11 < r.params < 12
+    fixed = check_architecture('beit_base_patch16_224', families=('yolof',))
+    assert fixed.fixed_size == '224x224' and fixed.families['yolof'].status == 'ok'
+    crossvit = check_architecture('crossvit_tiny_240', families=('retinanet', 'dino'))
+    assert {f.status for f in crossvit.families.values()} == {'rejected'}
+    assert 'does not describe its outputs' in crossvit.families['dino'].reason
+
+
+def test_check_family_reports_a_broken_wiring(monkeypatch):
+    # rule: a failure inside the build or forward is 'failed' with its reason, not an exception;
+    # a config resolve_config refuses is 'rejected' with its message
+    from timm_backbones import sweep
+    real = sweep.family_model
+
+    def with_changes(changes):
+        def model(family, arch):
+            found = real(family, arch)
+            for part, values in changes.items():
+                found[part].update(values)
+            return found
+        return model
+
+    monkeypatch.setattr(sweep, 'family_model', with_changes(dict(bbox_head=dict(type='NoHead'))))
+    result = check_family('retinanet', 'resnet18')
+    assert result.status == 'failed' and 'NoHead' in result.reason
+    monkeypatch.setattr(sweep, 'family_model', with_changes(dict(neck=dict(in_channels=[1]))))
+    result = check_family('retinanet', 'resnet18')
+    assert result.status == 'rejected' and "in_channels='auto'" in result.reason
+
+
+def _rows(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_tool_parallel_resumable(tmp_path, capsys):
+    # rule: the tool checks in worker processes, writes one CSV row per architecture and the
+    # Markdown report, and a second run resumes (keeps finished rows, checks nothing again)
+    out, md = str(tmp_path / 'm.csv'), str(tmp_path / 'm.md')
+    args = ['--filter', 'resnet1*', '--limit', '3', '--families', 'retinanet', 'yolof',
+            '--jobs', '2', '--csv', out, '--md', md]
+    sweep_tool.main(args)
+    rows = _rows(out)
+    assert [r['arch'] for r in rows] == timm.list_models('resnet1*')[:3]
+    assert all(r['retinanet'] == 'ok' and r['yolof'] == 'ok' for r in rows)
+    report = open(md).read()
+    assert '| RetinaNet + FPN (`retinanet`) | 3 | 0 | 0 | 0 |' in report
+    assert 'timm 1.0.31' in report or f'timm {timm.__version__}' in report
+    err = capsys.readouterr().err
+    assert '[3/3]' in err  # progress
+    rows[0]['seconds'] = '999.00'  # a marker: a resumed run keeps this row as it is
+    sweep_tool.write_rows(out, rows, ['retinanet', 'yolof'])
+    sweep_tool.main(args)
+    assert '3 already in' in capsys.readouterr().err
+    assert _rows(out)[0]['seconds'] == '999.00'
+
+
+def test_sweep_tool_timeout(tmp_path):
+    # rule: an architecture past the time limit is killed and recorded as 'timeout'
+    out = str(tmp_path / 't.csv')
+    sweep_tool.main(['--filter', 'dla34', '--families', 'retinanet', '--timeout', '0.05',
+                     '--csv', out, '--quiet'])
+    assert [(r['arch'], r['retinanet']) for r in _rows(out)] == [('dla34', 'timeout')]

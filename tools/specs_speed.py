@@ -1,0 +1,84 @@
+"""Time a cold `feature_specs` against a raw timm meta-device `features_only` build of the same
+model, side by side, each in a fresh process (imports excluded from the timing, both processes
+import the same modules), and print the per-model and median ratios.
+
+Example:
+    python tools/specs_speed.py                       # the default varied set, 3 rounds
+    python tools/specs_speed.py --models resnet18 vit_small_patch16_224 --rounds 5
+    python tools/specs_speed.py --source /tmp/old     # another checkout's timm_backbones
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+# CNNs, stride-4-first, NHWC, hook-based, windowed, plain ViTs, hybrids and mobile models
+MODELS = ['resnet18', 'resnet50', 'mobilenetv3_large_100', 'efficientnet_b0', 'convnext_tiny',
+          'regnety_032', 'densenet121', 'dla34', 'hrnet_w18_small', 'cspdarknet53',
+          'xception41', 'maxvit_tiny_tf_224', 'swin_tiny_patch4_window7_224',
+          'vit_small_patch16_224', 'deit_tiny_patch16_224', 'eva02_tiny_patch14_224',
+          'pvt_v2_b2', 'coat_lite_tiny', 'levit_128', 'efficientvit_b0', 'mambaout_femto',
+          'edgenext_xx_small', 'hgnetv2_b0', 'fastvit_t8', 'caformer_s18']
+
+_CHILD = r'''
+import sys, time, json, warnings
+warnings.filterwarnings('ignore')
+import torch
+torch.set_num_threads(1)
+import timm
+import timm_backbones
+from timm_backbones import feature_specs
+from mmengine.logging import MMLogger
+MMLogger.get_current_instance().setLevel('ERROR')
+name, mode = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+if mode == 'specs':
+    feature_specs(dict(type='TimmBackbone', model_name=name))
+else:
+    with torch.device('meta'):
+        timm.create_model(name, features_only=True)
+print(json.dumps(time.perf_counter() - start))
+'''
+
+
+def _run(name: str, mode: str, source: Optional[str]) -> float:
+    env = dict(os.environ)
+    if source:
+        env['PYTHONPATH'] = os.pathsep.join([source, env.get('PYTHONPATH', '')])
+    out = subprocess.run([sys.executable, '-c', _CHILD, name, mode], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--models', nargs='+', default=MODELS)
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='fresh-process pairs per model (the median is used)')
+    parser.add_argument('--source', help='a source tree whose timm_backbones is timed instead')
+    parser.add_argument('--json', help='write the numbers here')
+    args = parser.parse_args(argv)
+    rows: Dict[str, Dict[str, float]] = {}
+    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}")
+    for name in args.models:
+        raw, specs = [], []
+        for _ in range(args.rounds):  # alternate, so load changes hit both alike
+            raw.append(_run(name, 'raw', args.source))
+            specs.append(_run(name, 'specs', args.source))
+        r, s = statistics.median(raw), statistics.median(specs)
+        rows[name] = dict(raw_s=round(r, 4), specs_s=round(s, 4), ratio=round(s / r, 2))
+        print(f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}', flush=True)
+    ratios = sorted(v['ratio'] for v in rows.values())
+    summary = dict(models=len(rows), rounds=args.rounds, median_ratio=statistics.median(ratios),
+                   min_ratio=ratios[0], max_ratio=ratios[-1])
+    print(json.dumps(summary))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(summary=summary, models=rows), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
