@@ -52,7 +52,7 @@ SETTINGS = {
                      ('resnet50', 'efficientnet_b3', 'convnext_large', 'vit_large_patch16_224')),
     'specs_reps': (2, 3),
     'with_cp_models': (('convnext_tiny', 'vit_base_patch16_224'),) * 2,
-    'with_cp_input': ((1, 512), (1, 512)),
+    'with_cp_input': ((1, 384), (1, 512)),
     'with_cp_reps': (1, 2),
     'speed_models': (('resnet18',), ('resnet50', 'convnext_tiny')),
     'speed_input': ((1, 224), (1, 512)),
