@@ -36,6 +36,7 @@ import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEVICE = 'cpu'  # --device: where models and inputs live (builds stay on the CPU)
 SECTIONS = ('adapter', 'retinanet', 'configs', 'specs', 'with_cp', 'speed')
 MB = 2 ** 20
 
@@ -51,7 +52,7 @@ SETTINGS = {
                      ('resnet50', 'efficientnet_b3', 'convnext_large', 'vit_large_patch16_224')),
     'specs_reps': (2, 3),
     'with_cp_models': (('convnext_tiny', 'vit_base_patch16_224'),) * 2,
-    'with_cp_input': ((1, 512), (1, 512)),
+    'with_cp_input': ((1, 384), (1, 512)),
     'with_cp_reps': (1, 2),
     'speed_models': (('resnet18',), ('resnet50', 'convnext_tiny')),
     'speed_input': ((1, 224), (1, 512)),
@@ -66,6 +67,13 @@ ADAPTER_MODELS = (('resnet50', {}), ('convnext_tiny', {}), ('swin_tiny_patch4_wi
 
 
 # ---- measuring ---------------------------------------------------------------------------------
+def sync() -> None:
+    """Wait for the device (CUDA runs asynchronously)."""
+    if DEVICE.startswith('cuda'):
+        import torch
+        torch.cuda.synchronize()
+
+
 def interleaved(candidates: Dict[str, Callable[[], Any]], reps: int,
                 warmup: int = 1) -> Dict[str, List[float]]:
     """Seconds per call of each candidate, `reps` times, the order swapped every repetition."""
@@ -73,11 +81,13 @@ def interleaved(candidates: Dict[str, Callable[[], Any]], reps: int,
     for _ in range(warmup):
         for name in names:
             candidates[name]()
+    sync()
     times: Dict[str, List[float]] = {n: [] for n in names}
     for rep in range(reps):
         for name in (names if rep % 2 == 0 else names[::-1]):
             start = time.perf_counter()
             candidates[name]()
+            sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -116,7 +126,7 @@ def child(task: str, *args: str, threads: int) -> Dict[str, Any]:
         # freed, so resident memory follows the tensors alive (no heap kept from earlier steps)
         MALLOC_MMAP_THRESHOLD_='131072', MALLOC_TRIM_THRESHOLD_='131072')
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--child', task, *args,
-                           '--threads', str(threads)], cwd=ROOT, env=env, capture_output=True,
+                           '--threads', str(threads), '--device', DEVICE], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f'child {task} {args} failed:\n{proc.stderr[-4000:]}')
@@ -132,7 +142,16 @@ def _status_kb(key: str) -> int:
 
 
 def peak_memory(fn: Callable[[], Any]) -> Tuple[float, Any]:
-    """Peak resident memory (MB) while `fn` runs, above the resident memory before it."""
+    """Peak resident memory (MB) while `fn` runs, above the resident memory before it (on a
+    CUDA device: peak allocated device memory above the allocated memory before it)."""
+    if DEVICE.startswith('cuda'):
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / MB, result
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset VmHWM to the current VmRSS
     before = _status_kb('VmRSS')
@@ -143,7 +162,8 @@ def peak_memory(fn: Callable[[], Any]) -> Tuple[float, Any]:
 # ---- shared model helpers ----------------------------------------------------------------------
 def image(batch: int, side: int, seed: int = 0):
     import torch
-    return torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 3, side, side,
+                       generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 def padded_side(backbone, side: int) -> int:
@@ -158,7 +178,7 @@ def raw_timm(backbone):
     raw = timm.create_model(backbone.model_name, features_only=True,
                             out_indices=backbone.plan.timm_indices, **backbone.plan.kwargs)
     raw.load_state_dict(backbone.model.state_dict())
-    return raw.eval()
+    return raw.to(DEVICE).eval()
 
 
 def data_samples(batch: int, side: int, with_boxes: bool = False):
@@ -176,7 +196,7 @@ def data_samples(batch: int, side: int, with_boxes: bool = False):
             wh = 16 + torch.rand(4, 2, generator=g) * side * 0.3
             s.gt_instances = InstanceData(bboxes=torch.cat([xy, (xy + wh).clamp(max=side)], 1),
                                           labels=torch.randint(0, 80, (4,), generator=g))
-        samples.append(s)
+        samples.append(s.to(DEVICE))
     return samples
 
 
@@ -191,6 +211,7 @@ def bench_adapter(q: int) -> Dict[str, Any]:
         torch.manual_seed(0)
         adapter = TimmBackbone(name, **options).eval()
         raw = raw_timm(adapter)
+        adapter.to(DEVICE)
         s = padded_side(adapter, side)
         x = image(batch, s)
         with torch.no_grad():
@@ -238,7 +259,7 @@ def retinanet_pair():
     mmdet_model = build_detector(model_cfg)
     torch.manual_seed(0)
     timm_model = build_detector(timm_cfg)
-    return mmdet_model, timm_model
+    return mmdet_model.to(DEVICE), timm_model.to(DEVICE)
 
 
 def bench_retinanet(q: int) -> Dict[str, Any]:
@@ -291,7 +312,7 @@ def bench_configs(q: int) -> Dict[str, Any]:
         cfg = Config.fromfile(path)
         cfg.model.backbone.pretrained = False
         torch.manual_seed(0)
-        model = build_detector(cfg).eval()
+        model = build_detector(cfg).to(DEVICE).eval()
         x = image(1, side)
         samples = data_samples(1, side)
         with torch.no_grad():
@@ -308,6 +329,8 @@ def bench_configs(q: int) -> Dict[str, Any]:
 
 
 def child_specs(name: str, what: str) -> Dict[str, Any]:
+    global DEVICE
+    DEVICE = 'cpu'  # builds happen on the CPU: measure resident memory whatever --device says
     from timm_backbones import TimmBackbone, feature_specs
     from timm_backbones._probe import clear_caches
     feature_specs(dict(type='TimmBackbone', model_name='resnet18'))  # warm imports (no weights)
@@ -350,7 +373,7 @@ def child_with_cp(name: str, with_cp: str, batch: str, side: str) -> Dict[str, A
     import torch
     from timm_backbones import TimmBackbone
     torch.manual_seed(0)
-    model = TimmBackbone(name, with_cp=with_cp == '1', drop_path_rate=0.0).train()
+    model = TimmBackbone(name, with_cp=with_cp == '1', drop_path_rate=0.0).to(DEVICE).train()
     x = image(int(batch), int(side))
 
     def step():
@@ -394,16 +417,17 @@ def bench_speed(q: int) -> Dict[str, Any]:
     rows, results = [], {}
     for name in SETTINGS['speed_models'][q]:
         torch.manual_seed(0)
-        eager = TimmBackbone(name).eval()
-        cl = TimmBackbone(name, channels_last=True).eval()
+        eager = TimmBackbone(name).to(DEVICE).eval()
+        cl = TimmBackbone(name, channels_last=True).to(DEVICE).eval()
         cl.load_state_dict(eager.state_dict())
         torch._dynamo.reset()
-        compiled = TimmBackbone(name, compile=True).eval()
+        compiled = TimmBackbone(name, compile=True).to(DEVICE).eval()
         compiled.load_state_dict(eager.state_dict())
         x = image(batch, padded_side(eager, side))
         with torch.no_grad():
             start = time.perf_counter()
             compiled(x)  # the first call compiles
+            sync()
             compile_s = time.perf_counter() - start
             ref = eager(x)
             diffs = {k: max((a - b).abs().max().item() for a, b in zip(m(x), ref))
@@ -440,7 +464,7 @@ def machine(threads: int) -> Dict[str, str]:
         load = ' '.join(f'{v:.1f}' for v in os.getloadavg())
     except OSError:
         load = '?'
-    return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+    return dict(device=DEVICE, date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
                 cpu=f'{cpu}, {os.cpu_count()} cores', threads=str(threads),
                 load_at_start=load, python=platform.python_version(), torch=torch.__version__,
                 timm=timm.__version__, mmdet=mmdet.__version__, mmcv=mmcv.__version__,
@@ -462,9 +486,8 @@ PREAMBLE = """# Benchmarks
 
 Written by `tools/benchmark.py` (run: `{command}`).
 Candidates of each comparison run interleaved (the order swapped every repetition), so drift
-and other jobs hit both alike. Times
-are medians with the range (min-max) in brackets; ratios are ratios of the medians, with the
-range of the per-repetition ratios in brackets. Memory: peak resident memory of a fresh process
+and other jobs hit both alike. Times are medians with the range (min-max) in brackets; ratios
+are ratios of the medians, with the range of the per-repetition ratios in brackets. Memory: peak resident memory of a fresh process
 during the measured step, above the resident memory before it (glibc returning freed memory at
 once). Random weights throughout (no hub access): post-processing of two-stage and DETR heads
 depends on the weights, so their images/s are indicative only.
@@ -486,10 +509,16 @@ def main() -> None:
     parser.add_argument('--quick', action='store_true', help='small sizes, few repetitions')
     parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu' (default) or 'cuda': where models run (builds and "
+                        'feature_specs stay on the CPU); on CUDA, memory is peak allocated '
+                        'device memory')
     parser.add_argument('--json', help='write all results to this JSON file')
     parser.add_argument('--markdown', help='write the tables (with machine and versions) here')
     parser.add_argument('--child', nargs='+', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     import torch
     torch.set_num_threads(args.threads)
     import warnings
