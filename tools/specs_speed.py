@@ -6,6 +6,7 @@ Example:
     python tools/specs_speed.py                       # the default varied set, 3 rounds
     python tools/specs_speed.py --models resnet18 vit_small_patch16_224 --rounds 5
     python tools/specs_speed.py --source /tmp/old     # another checkout's timm_backbones
+    python tools/specs_speed.py --baseline /tmp/old   # and before/after, side by side
 """
 import argparse
 import json
@@ -59,21 +60,34 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rounds', type=int, default=3,
                         help='fresh-process pairs per model (the median is used)')
     parser.add_argument('--source', help='a source tree whose timm_backbones is timed instead')
+    parser.add_argument('--baseline', help='another source tree (e.g. the code before a change), '
+                        'timed in the same rounds: a before/after ratio per model')
     parser.add_argument('--json', help='write the numbers here')
     args = parser.parse_args(argv)
     rows: Dict[str, Dict[str, float]] = {}
-    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}")
+    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}"
+          + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
     for name in args.models:
-        raw, specs = [], []
-        for _ in range(args.rounds):  # alternate, so load changes hit both alike
+        raw, specs, base = [], [], []
+        for _ in range(args.rounds):  # alternate, so load changes hit all alike
             raw.append(_run(name, 'raw', args.source))
             specs.append(_run(name, 'specs', args.source))
+            if args.baseline:
+                base.append(_run(name, 'specs', args.baseline))
         r, s = statistics.median(raw), statistics.median(specs)
         rows[name] = dict(raw_s=round(r, 4), specs_s=round(s, 4), ratio=round(s / r, 2))
-        print(f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}', flush=True)
+        line = f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}'
+        if base:
+            b = statistics.median(base)
+            rows[name].update(baseline_s=round(b, 4), baseline_ratio=round(b / r, 2))
+            line += f' {b:13.3f} {b / r:6.2f}'
+        print(line, flush=True)
     ratios = sorted(v['ratio'] for v in rows.values())
     summary = dict(models=len(rows), rounds=args.rounds, median_ratio=statistics.median(ratios),
                    min_ratio=ratios[0], max_ratio=ratios[-1])
+    if args.baseline:
+        summary['baseline_median_ratio'] = statistics.median(
+            v['baseline_ratio'] for v in rows.values())
     print(json.dumps(summary))
     if args.json:
         with open(args.json, 'w') as f:
