@@ -154,3 +154,19 @@ def test_models_that_run_at_any_size_get_no_dynamic_size_arguments():
     # a fixed-size ViT does need them, and gets them
     assert not runs_at_any_size('vit_tiny_patch16_224', dict(in_chans=3))
     assert plan_backbone('vit_tiny_patch16_224').kwargs['dynamic_img_size'] is True
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50.a1_in1k', 'resnet19', 'resnet50.nope',
+                                  'convnext_tiny_in22ft1k', 'resnet*', 3])
+def test_name_check_agrees_with_check_model_name(name):
+    # rule: the probes' fast name check accepts and rejects exactly what check_model_name does
+    from timm_backbones._timm import check_model_name
+
+    def outcome(check):
+        try:
+            check(name)
+        except (ValueError, TypeError) as err:
+            return type(err), str(err)
+        return None
+
+    assert outcome(_probe._check_name) == outcome(check_model_name)

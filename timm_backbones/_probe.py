@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
 
+import timm
 import torch
 from mmengine.logging import print_log
 from torch import nn
@@ -300,6 +301,19 @@ def _cpu_build(model_name: str, kwargs: Dict[str, Any]) -> Optional[nn.Module]:
     except ValueError:
         return None
 
+_NAMES_SEEN: set = set()  # names that passed the check
+
+
+def _check_name(model_name: str) -> None:
+    """`check_model_name`, without listing every timm name and tag for a plain architecture
+    name (timm.list_models with the exact name: ~0.5 ms instead of ~13 ms)."""
+    if model_name in _NAMES_SEEN:
+        return
+    if not (isinstance(model_name, str) and model_name.replace('_', '').isalnum() and
+            timm.list_models(model_name) == [model_name]):
+        check_model_name(model_name)  # tags, unknown names (close matches), non-strings
+    _NAMES_SEEN.add(model_name)
+
 
 def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
     """Build `model_name` as a feature extractor on the meta device (no weights; cached, failures
@@ -317,7 +331,7 @@ def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
         >>> [d['reduction'] for d in p.feature_info], p.output_format
         ([2, 4, 8, 16, 32], 'NCHW')
     """
-    check_model_name(model_name)
+    _check_name(model_name)
 
     def describe() -> Probe:
         model = meta_model(model_name, kwargs)

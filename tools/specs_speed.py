@@ -2,10 +2,15 @@
 model, side by side, each in a fresh process (imports excluded from the timing, both processes
 import the same modules), and print the per-model and median ratios.
 
+Times are the CPU time of the timed call (`time.process_time`, one thread): on a shared machine
+wall-clock times of sub-second calls swing with the other processes' load; CPU time does not
+(much). `--wall` times wall-clock instead.
+
 Example:
     python tools/specs_speed.py                       # the default varied set, 3 rounds
     python tools/specs_speed.py --models resnet18 vit_small_patch16_224 --rounds 5
     python tools/specs_speed.py --source /tmp/old     # another checkout's timm_backbones
+    python tools/specs_speed.py --baseline /tmp/old   # and before/after, side by side
 """
 import argparse
 import json
@@ -33,22 +38,25 @@ import timm_backbones
 from timm_backbones import feature_specs
 from mmengine.logging import MMLogger
 MMLogger.get_current_instance().setLevel('ERROR')
-name, mode = sys.argv[1], sys.argv[2]
-start = time.perf_counter()
+name, mode, clock = sys.argv[1], sys.argv[2], getattr(time, sys.argv[3])
+start = clock()
 if mode == 'specs':
     feature_specs(dict(type='TimmBackbone', model_name=name))
 else:
     with torch.device('meta'):
         timm.create_model(name, features_only=True)
-print(json.dumps(time.perf_counter() - start))
+print(json.dumps(clock() - start))
 '''
+
+
+_CLOCK = 'process_time'
 
 
 def _run(name: str, mode: str, source: Optional[str]) -> float:
     env = dict(os.environ)
     if source:
         env['PYTHONPATH'] = os.pathsep.join([source, env.get('PYTHONPATH', '')])
-    out = subprocess.run([sys.executable, '-c', _CHILD, name, mode], env=env, check=True,
+    out = subprocess.run([sys.executable, '-c', _CHILD, name, mode, _CLOCK], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -59,21 +67,38 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--rounds', type=int, default=3,
                         help='fresh-process pairs per model (the median is used)')
     parser.add_argument('--source', help='a source tree whose timm_backbones is timed instead')
+    parser.add_argument('--baseline', help='another source tree (e.g. the code before a change), '
+                        'timed in the same rounds: a before/after ratio per model')
     parser.add_argument('--json', help='write the numbers here')
+    parser.add_argument('--wall', action='store_true', help='wall-clock instead of CPU time')
     args = parser.parse_args(argv)
+    global _CLOCK
+    _CLOCK = 'perf_counter' if args.wall else 'process_time'
     rows: Dict[str, Dict[str, float]] = {}
-    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}")
+    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}"
+          + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
     for name in args.models:
-        raw, specs = [], []
-        for _ in range(args.rounds):  # alternate, so load changes hit both alike
+        raw, specs, base = [], [], []
+        for _ in range(args.rounds):  # alternate, so load changes hit all alike
             raw.append(_run(name, 'raw', args.source))
             specs.append(_run(name, 'specs', args.source))
+            if args.baseline:
+                base.append(_run(name, 'specs', args.baseline))
         r, s = statistics.median(raw), statistics.median(specs)
         rows[name] = dict(raw_s=round(r, 4), specs_s=round(s, 4), ratio=round(s / r, 2))
-        print(f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}', flush=True)
+        line = f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}'
+        if base:
+            b = statistics.median(base)
+            rows[name].update(baseline_s=round(b, 4), baseline_ratio=round(b / r, 2))
+            line += f' {b:13.3f} {b / r:6.2f}'
+        print(line, flush=True)
     ratios = sorted(v['ratio'] for v in rows.values())
-    summary = dict(models=len(rows), rounds=args.rounds, median_ratio=statistics.median(ratios),
+    summary = dict(models=len(rows), rounds=args.rounds, clock=_CLOCK,
+                   median_ratio=statistics.median(ratios),
                    min_ratio=ratios[0], max_ratio=ratios[-1])
+    if args.baseline:
+        summary['baseline_median_ratio'] = statistics.median(
+            v['baseline_ratio'] for v in rows.values())
     print(json.dumps(summary))
     if args.json:
         with open(args.json, 'w') as f:

@@ -302,6 +302,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not args.md:
             sys.exit('--report-only needs --md')
         rows = [kept[n] for n in names if n in kept]
+        write_rows(args.csv, rows, args.families)  # in timm's order
         with open(args.md, 'w') as f:
             f.write(markdown(rows, args.families, environment(),
                              f'{len(rows)} of {len(names)} architectures in '
