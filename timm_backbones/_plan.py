@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ._configs import timm_model_name, to_plain
-from ._probe import probe, probe_input, runs_at_any_size, supports_kwargs
+from ._probe import clear_caches, probe, probe_input, runs_at_any_size, supports_kwargs
 from ._pyramid import plan_pyramid, pyramid_channels
 from ._specs import FeatureSpec, format_specs
 from ._timm import timm_kwargs
@@ -243,8 +243,14 @@ def feature_specs(cfg: Any) -> Tuple[FeatureSpec, ...]:
     Args:
         cfg: `dict(type='TimmBackbone', model_name=..., ...)` or `dict(type='timm.<arch>', ...)`.
 
+    Results are cached (failures too); `feature_specs.cache_clear()` forgets them, as for a
+    `functools.lru_cache` function (e.g. to time a cold call).
+
     Example:
         >>> [s.channels for s in feature_specs(dict(type='timm.resnet18'))]
         [64, 128, 256, 512]
     """
     return plan_from_config(cfg).specs
+
+
+feature_specs.cache_clear = clear_caches  # type: ignore[attr-defined]

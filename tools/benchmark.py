@@ -332,9 +332,8 @@ def child_specs(name: str, what: str) -> Dict[str, Any]:
     global DEVICE
     DEVICE = 'cpu'  # builds happen on the CPU: measure resident memory whatever --device says
     from timm_backbones import TimmBackbone, feature_specs
-    from timm_backbones._probe import clear_caches
     feature_specs(dict(type='TimmBackbone', model_name='resnet18'))  # warm imports (no weights)
-    clear_caches()
+    feature_specs.cache_clear()
     start = time.perf_counter()
     if what == 'specs':
         mem, _ = peak_memory(lambda: feature_specs(dict(type='TimmBackbone', model_name=name)))
@@ -345,16 +344,15 @@ def child_specs(name: str, what: str) -> Dict[str, Any]:
 
 def bench_specs(q: int, threads: int) -> Dict[str, Any]:
     from timm_backbones import TimmBackbone, feature_specs
-    from timm_backbones._probe import clear_caches
     reps = SETTINGS['specs_reps'][q]
     rows, results = [], {}
     for name in SETTINGS['specs_models'][q]:
         def specs():
-            clear_caches()
+            feature_specs.cache_clear()
             feature_specs(dict(type='TimmBackbone', model_name=name))
 
         def build():
-            clear_caches()
+            feature_specs.cache_clear()
             TimmBackbone(name)
         times = interleaved({'specs': specs, 'build': build}, reps)
         mem = {w: child('specs', name, w, threads=threads)['peak_mb'] for w in ('specs', 'build')}
