@@ -11,7 +11,7 @@ Sections (all by default; pick with --only):
              features)
   retinanet  RetinaNet training step: timm resnet50 vs mmdet's ResNet-50, same frozen params
   configs    inference images/s of every shipped config (predict mode, at --config-size)
-  specs      feature_specs (meta device, cold cache) vs a real build: time and memory
+  specs      feature_specs (meta device, cold: a fresh process) vs a real build: time, memory
   with_cp    peak training memory (and step time) with gradient checkpointing vs without,
              ViT-B and ConvNeXt-T at 512x512
   speed      channels_last and torch.compile vs eager (and torch.compile's compile time)
@@ -26,6 +26,7 @@ Example:
 import argparse
 import datetime
 import glob
+import importlib.util
 import json
 import os
 import platform
@@ -246,9 +247,9 @@ def retinanet_pair():
     import torch
     from mmengine.config import Config
     from timm_backbones.engine import build_detector
-    sys.path.insert(0, os.path.join(ROOT, 'tests'))
-    from helpers import MMDET_CONFIGS
-    cfg = Config.fromfile(os.path.join(MMDET_CONFIGS, 'retinanet', 'retinanet_r50_fpn_1x_coco.py'))
+    mmdet_root = importlib.util.find_spec('mmdet').submodule_search_locations[0]
+    cfg = Config.fromfile(os.path.join(mmdet_root, '.mim', 'configs', 'retinanet',
+                                       'retinanet_r50_fpn_1x_coco.py'))
     model_cfg = cfg.model.to_dict()
     model_cfg['backbone'].pop('init_cfg', None)
     timm_cfg = copy.deepcopy(model_cfg)
@@ -333,7 +334,6 @@ def child_specs(name: str, what: str) -> Dict[str, Any]:
     DEVICE = 'cpu'  # builds happen on the CPU: measure resident memory whatever --device says
     from timm_backbones import TimmBackbone, feature_specs
     feature_specs(dict(type='TimmBackbone', model_name='resnet18'))  # warm imports (no weights)
-    feature_specs.cache_clear()
     start = time.perf_counter()
     if what == 'specs':
         mem, _ = peak_memory(lambda: feature_specs(dict(type='TimmBackbone', model_name=name)))
@@ -343,19 +343,16 @@ def child_specs(name: str, what: str) -> Dict[str, Any]:
 
 
 def bench_specs(q: int, threads: int) -> Dict[str, Any]:
-    from timm_backbones import TimmBackbone, feature_specs
+    """Each measurement in a fresh process: a cold `feature_specs` or a real build."""
     reps = SETTINGS['specs_reps'][q]
     rows, results = [], {}
     for name in SETTINGS['specs_models'][q]:
-        def specs():
-            feature_specs.cache_clear()
-            feature_specs(dict(type='TimmBackbone', model_name=name))
-
-        def build():
-            feature_specs.cache_clear()
-            TimmBackbone(name)
-        times = interleaved({'specs': specs, 'build': build}, reps)
-        mem = {w: child('specs', name, w, threads=threads)['peak_mb'] for w in ('specs', 'build')}
+        runs: Dict[str, List[Dict[str, float]]] = {'specs': [], 'build': []}
+        for rep in range(reps):
+            for what in (('specs', 'build') if rep % 2 == 0 else ('build', 'specs')):
+                runs[what].append(child('specs', name, what, threads=threads))
+        times = {w: [r['seconds'] for r in runs[w]] for w in runs}
+        mem = {w: statistics.median(r['peak_mb'] for r in runs[w]) for w in runs}
         r = ratio(times, 'build', 'specs')
         results[name] = dict(specs=summary(times['specs']), build=summary(times['build']),
                              ratio=r, peak_mb=mem)
