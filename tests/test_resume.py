@@ -2,7 +2,7 @@
 RandomFlip, mmdet's AspectRatioBatchSampler): trained by tools/train.py, SIGKILLed after the
 epoch-1 checkpoint, resumed with --resume, and compared bit for bit (weights and optimizer state)
 with an uninterrupted run; and the same weights with 0 and 2 workers (per-sample augmentation
-seeding, `timm_backbones/data/_seeding.py`). The config is the demo's, shrunk (few small images,
+seeding, `timm_backbones/engine/_seeding.py`). The config is the demo's, shrunk (few small images,
 3 epochs, no validation)."""
 import os
 import signal

@@ -1,4 +1,4 @@
-"""Per-sample augmentation seeding (data/_seeding.py): seed keys from (seed, epoch, index,
+"""Per-sample augmentation seeding (engine/_seeding.py): seed keys from (seed, epoch, index,
 occurrence), generators seeded per sample and restored, the same samples whatever the number of
 workers (persistent or not), and the dataloader config wrapping the runner applies.
 The end-to-end check (the demo config, SIGKILL, --resume) is tests/test_resume.py."""
@@ -12,8 +12,8 @@ from mmengine.dataset import DefaultSampler, InfiniteSampler
 from mmengine.dataset import pseudo_collate
 from torch.utils.data import DataLoader
 
-from timm_backbones.data import (PerSampleSeedDataset, PerSampleSeedSampler, SampleIndex,
-                                 per_sample_seed_dataloader, seeded)
+from timm_backbones.engine import (PerSampleSeedDataset, PerSampleSeedSampler, SampleIndex,
+                                   per_sample_seed_dataloader, seeded)
 
 
 class Draws:

@@ -23,5 +23,5 @@ runner_type = 'mmdet.TimmBackboneRunner'
 # Augmentation randomness per sample: each training sample's pipeline (RandomFlip, ...) is seeded
 # from (seed, epoch, sample index) instead of a dataloader worker's running stream, so a run
 # resumed with --resume ends bit-exactly where an uninterrupted one does, whatever num_workers and
-# persistent_workers are (timm_backbones/data/_seeding.py). False: mmengine's per-worker seeding.
+# persistent_workers are (timm_backbones/engine/_seeding.py). False: mmengine's per-worker seeding.
 sample_seeding = True

@@ -11,7 +11,7 @@ wrong for timm models:
 - Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`), and `load_from`
   reports how many backbone tensors it loaded (an error when too few matched).
 - With `sample_seeding=True` (set by `configs/_base_/timm_runtime.py`) the training dataloader
-  seeds each sample's augmentation from (seed, epoch, sample index) (`data/_seeding.py`): resume
+  seeds each sample's augmentation from (seed, epoch, sample index) (`engine/_seeding.py`): resume
   is exact and results do not depend on the number of workers.
 - Distributed runs without CUDA (`--launcher pytorch` on CPUs) use the gloo backend and plain
   CPU `DistributedDataParallel`.
@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .._checkpoint import (check_checkpoint_file, checkpoint_loading, state_dict_from,
                            verify_state_dict)
-from ..data import per_sample_seed_dataloader
+from ._seeding import per_sample_seed_dataloader
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
 from ..wiring import resolve_config
 
