@@ -170,3 +170,10 @@ def test_name_check_agrees_with_check_model_name(name):
         return None
 
     assert outcome(_probe._check_name) == outcome(check_model_name)
+
+
+def test_dynamic_size_models_keep_their_arguments():
+    # rule: a ViT-style model that runs at any size as built still gets timm's dynamic-size
+    # arguments (the plan is the one trying them always gave: pad divisor 1, not the patch)
+    plan = plan_backbone('vit_base_patch16_dinov3')
+    assert plan.kwargs.get('dynamic_img_pad') is True and plan.pad_divisor == 1

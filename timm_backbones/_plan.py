@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from ._configs import timm_model_name, to_plain
-from ._probe import clear_caches, probe, probe_input, runs_at_any_size, supports_kwargs
+from ._probe import (clear_caches, has_dynamic_size, probe, probe_input, runs_at_any_size,
+                     supports_kwargs)
 from ._pyramid import plan_pyramid, pyramid_channels
 from ._specs import FeatureSpec, format_specs
 from ._timm import timm_kwargs
@@ -144,9 +145,9 @@ def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
         raise ValueError(f"input_size must be 'any', 'fixed' or (height, width), got "
                          f'{input_size!r}')
     if input_size == 'any':
-        try:
-            if runs_at_any_size(model_name, kwargs):
-                return {}  # no dynamic-size arguments to try (timm would mostly refuse them)
+        try:  # a model running at any size without the option (CNNs): timm would refuse it
+            if runs_at_any_size(model_name, kwargs) and not has_dynamic_size(model_name, kwargs):
+                return {}
         except ValueError:
             pass  # its outputs disagree with feature_info: the dynamic-size build may not
         for extra in _DYNAMIC_SIZE_KWARGS:

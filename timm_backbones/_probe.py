@@ -21,8 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ._specs import size_near
 from ._timm import check_model_name, create_features, output_format
 
-__all__ = ['Probe', 'InputRule', 'probe', 'probe_input', 'runs_at_any_size', 'supports_kwargs',
-           'clear_caches', 'meta_model', 'fast_meta']
+__all__ = ['Probe', 'InputRule', 'probe', 'probe_input', 'runs_at_any_size', 'has_dynamic_size',
+           'supports_kwargs', 'clear_caches', 'meta_model', 'fast_meta']
 
 
 @dataclass(frozen=True)
@@ -448,6 +448,18 @@ def runs_at_any_size(model_name: str, kwargs: Dict[str, Any]) -> bool:
     probe(model_name, kwargs)  # checks the name and the arguments
     return _cached(_ANY_SIZE, _key(model_name, kwargs), lambda: _any_size_rule(
         model_name, meta_model(model_name, kwargs), kwargs))[0] is not None
+
+
+def has_dynamic_size(model_name: str, kwargs: Dict[str, Any]) -> bool:
+    """Whether a module of the model keeps timm's `dynamic_img_size` option (ViT-style models,
+    which take timm's dynamic-size arguments; some run at any size without them).
+
+    Example:
+        >>> has_dynamic_size('vit_tiny_patch16_224', {}), has_dynamic_size('resnet18', {})
+        (True, False)
+    """
+    probe(model_name, kwargs)
+    return any(hasattr(m, 'dynamic_img_size') for m in meta_model(model_name, kwargs).modules())
 
 
 def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> InputRule:

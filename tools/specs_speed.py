@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from typing import Dict, List, Optional
 
 # CNNs, stride-4-first, NHWC, hook-based, windowed, plain ViTs, hybrids and mobile models
@@ -39,6 +40,7 @@ from timm_backbones import feature_specs
 from mmengine.logging import MMLogger
 MMLogger.get_current_instance().setLevel('ERROR')
 name, mode, clock = sys.argv[1], sys.argv[2], getattr(time, sys.argv[3])
+sys.stderr.write(f'timm_backbones from {timm_backbones.__file__}\n')
 start = clock()
 if mode == 'specs':
     feature_specs(dict(type='TimmBackbone', model_name=name))
@@ -56,8 +58,10 @@ def _run(name: str, mode: str, source: Optional[str]) -> float:
     env = dict(os.environ)
     if source:
         env['PYTHONPATH'] = os.pathsep.join([source, env.get('PYTHONPATH', '')])
+    # run outside any checkout, so that `import timm_backbones` finds the installed package or
+    # the --source/--baseline tree, never the current directory's
     out = subprocess.run([sys.executable, '-c', _CHILD, name, mode, _CLOCK], env=env, check=True,
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
