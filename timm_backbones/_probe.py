@@ -301,6 +301,7 @@ def _cpu_build(model_name: str, kwargs: Dict[str, Any]) -> Optional[nn.Module]:
     except ValueError:
         return None
 
+
 _NAMES_SEEN: set = set()  # names that passed the check
 
 

@@ -34,7 +34,7 @@ __all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'S
 
 DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
 STATUSES = ('ok', 'rejected', 'failed', 'timeout')
-_RGB = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], bgr_to_rgb=True)
+_RGB = dict(bgr_to_rgb=True)  # caffe-style BGR bases (FCOS, ...): timm's weights take RGB
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,8 @@ class DetectorFamily:
     size: Tuple[int, int] = DETECTION_SIZE
 
 
-_AUTO_PAD = dict(pad_size_divisor='auto')
+# every preprocessor field that follows from the backbone: pad divisor and timm's normalization
+_AUTO_PAD = dict(pad_size_divisor='auto', mean='auto', std='auto')
 FAMILIES: Dict[str, DetectorFamily] = {f.name: f for f in (
     DetectorFamily(
         'retinanet', 'RetinaNet + FPN', 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
