@@ -3,7 +3,9 @@ timm backbone configs (`timm_model_name`) and turns config containers into plain
 """
 from typing import Any, Mapping, Optional
 
-__all__ = ['type_name', 'timm_model_name', 'to_plain']
+__all__ = ['type_name', 'timm_model_name', 'to_plain', 'AUTO', 'is_auto']
+
+AUTO = 'auto'  # a field filled from the timm backbone by resolve_config
 
 BACKBONE_TYPE = 'TimmBackbone'
 ARCH_SCOPE = 'timm.'  # `type='timm.<arch>'`
@@ -46,6 +48,16 @@ def timm_model_name(cfg: Any) -> Optional[str]:
     if isinstance(kind, str) and kind.startswith(ARCH_SCOPE):
         return kind[len(ARCH_SCOPE):]
     return None
+
+
+def is_auto(value: Any) -> bool:
+    """Whether a config value is `'auto'` (to be filled from the backbone).
+
+    Example:
+        >>> is_auto('auto'), is_auto(['auto'])
+        (True, False)
+    """
+    return isinstance(value, str) and value == AUTO
 
 
 def to_plain(value: Any) -> Any:

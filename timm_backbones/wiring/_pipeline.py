@@ -15,12 +15,11 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
-from .._configs import timm_model_name, to_plain, type_name
+from .._configs import AUTO, timm_model_name, to_plain, type_name
 from .._plan import plan_from_config
 
 __all__ = ['largest_image', 'resolve_input_size', 'SIZE_PRESERVING']
 
-AUTO = 'auto'
 Size = Tuple[int, int]  # (height, width) upper bounds
 
 # transforms that never change the image size (loading, annotations, color, flips, packing)

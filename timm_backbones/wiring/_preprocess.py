@@ -8,18 +8,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 from mmengine.logging import print_log
 
-from .._configs import timm_model_name, to_plain, type_name
+from .._configs import is_auto, timm_model_name, to_plain, type_name
 from .._pretrained_cfg import is_pretrained, pretrained_mean_std
 
 __all__ = ['resolve_normalization']
 
-AUTO = 'auto'
 _KEYS = ('mean', 'std')
 _TOLERANCE = 0.01  # on the 0..255 scale: configs round timm's values to a few decimals
-
-
-def _is_auto(value: Any) -> bool:
-    return isinstance(value, str) and value == AUTO
 
 
 def _values(value: Any) -> Optional[list]:
@@ -52,7 +47,7 @@ def resolve_normalization(det: Mapping, path: str) -> None:
     where = f'{path}.data_preprocessor'
     backbone = det.get('backbone')
     name = timm_model_name(backbone) if isinstance(backbone, Mapping) else None
-    autos = [k for k in _KEYS if _is_auto(pre.get(k))]
+    autos = [k for k in _KEYS if is_auto(pre.get(k))]
     if name is None:
         if autos:
             raise ValueError(

@@ -17,7 +17,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, Type
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from .._configs import timm_model_name, to_plain, type_name
+from .._configs import AUTO, is_auto, timm_model_name, to_plain, type_name
 from .._plan import feature_specs, plan_from_config
 from .._pyramid import skip_unread
 from .._specs import FeatureSpec, SpecTuple, format_specs
@@ -29,7 +29,6 @@ from ._preprocess import resolve_normalization
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
-AUTO = 'auto'
 _MISSING = object()
 
 _CfgT = TypeVar('_CfgT', Config, dict)
@@ -120,10 +119,6 @@ def _detectors(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
     for key, child in _items(node):
         if key != 'backbone':
             yield from _detectors(child, _join(path, key))
-
-
-def _is_auto(value: Any) -> bool:
-    return isinstance(value, str) and value == AUTO
 
 
 def _show(value: Any) -> Any:
@@ -222,7 +217,7 @@ def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) 
         auto = math.gcd(auto, *fixed)
     value = pre['pad_size_divisor']
     where = f'{path}.data_preprocessor'
-    if _is_auto(value):
+    if is_auto(value):
         _set(pre, 'pad_size_divisor', auto, where)
     elif not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{where}.pad_size_divisor must be an int or 'auto', got {value!r} "
@@ -237,7 +232,7 @@ def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) 
 def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
     kind = type_name(cfg)
     rule = NECKS.get(kind)
-    autos = [k for k in NECK_FIELDS if _is_auto(cfg.get(k))]
+    autos = [k for k in NECK_FIELDS if is_auto(cfg.get(k))]
     if rule is None:
         if autos:
             raise ValueError(
@@ -252,14 +247,14 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
             raise _cannot_fill(where, autos[0], feed)
         return _Feed(None, where, why=feed.why)
     expected = rule.inputs(cfg, feed.levels, where)
-    filled = {k for k in expected if cfg.get(k, _MISSING) is _MISSING or _is_auto(cfg.get(k))}
+    filled = {k for k in expected if cfg.get(k, _MISSING) is _MISSING or is_auto(cfg.get(k))}
     filled |= {k for k, source in rule.follows.items() if source in filled and k in expected}
     for key, value in expected.items():
         if key in filled:
             _set(cfg, key, value, where)
         elif to_plain(cfg[key]) != to_plain(value):
             raise _mismatch(where, key, cfg[key], value, feed)
-    left = [k for k in NECK_FIELDS if _is_auto(cfg.get(k))]
+    left = [k for k in NECK_FIELDS if is_auto(cfg.get(k))]
     if left:
         raise ValueError(f"{where}.{left[0]}='auto': {kind} chooses {left[0]} itself (it does "
                          f'not follow from the backbone); write a value.')
@@ -321,7 +316,7 @@ def _resolve_head(head: Mapping, feed: _Feed, where: str) -> None:
 def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -> None:
     given = head['in_channels']
     if feed.levels is None:
-        if _is_auto(given):
+        if is_auto(given):
             raise _cannot_fill(where, 'in_channels', feed)
         return
     channels = [lv.channels for lv in feed.levels]
@@ -329,7 +324,7 @@ def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -
         expected: Any = channels
     elif len(set(channels)) == 1:
         expected = channels[0]
-    elif _is_auto(given):
+    elif is_auto(given):
         raise ValueError(
             f"{where}.in_channels='auto': {type_name(head)} takes one in_channels for all levels, "
             f'but the levels fed to it have channels {channels}. Add a neck that maps them to one '
@@ -337,7 +332,7 @@ def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -
             f'num_outs=5)).\n{feed.source}:\n{feed.listing}')
     else:
         return  # a head fed levels of several widths: nothing to compare one int with
-    if _is_auto(given):
+    if is_auto(given):
         _set(head, 'in_channels', expected, where)
     elif to_plain(given) != to_plain(expected):
         raise _mismatch(where, 'in_channels', given, expected, feed)
@@ -379,12 +374,12 @@ def _stride_field(cfg: Mapping, key: str, feed: _Feed, where: str, fill_missing:
     if given is _MISSING and not fill_missing:
         return
     if feed.levels is None:
-        if _is_auto(given):
+        if is_auto(given):
             raise _cannot_fill(where, key, feed)
         return
     levels = feed.levels[:_first_extra(feed.levels)] if prefix else feed.levels
     strides = [lv.stride for lv in levels]
-    if given is _MISSING or _is_auto(given):
+    if given is _MISSING or is_auto(given):
         unknown = [i for i, s in enumerate(strides) if s is None]
         if unknown:
             raise ValueError(
@@ -456,7 +451,7 @@ def _resolve_extractor(extractor: Mapping, feed: _Feed, where: str) -> None:
     _stride_field(extractor, 'featmap_strides', feed, where, fill_missing=True, prefix=True)
     given = extractor.get('out_channels', _MISSING)
     if feed.levels is None:
-        if _is_auto(given):
+        if is_auto(given):
             raise _cannot_fill(where, 'out_channels', feed)
         return
     strides = extractor['featmap_strides']
@@ -466,7 +461,7 @@ def _resolve_extractor(extractor: Mapping, feed: _Feed, where: str) -> None:
             f'{where} pools from levels of different widths {channels} (the first '
             f'{len(strides)} levels); RoI extractors need one width: add a neck such as FPN.'
             f'\n{feed.source}:\n{feed.listing}')
-    if given is _MISSING or _is_auto(given):
+    if given is _MISSING or is_auto(given):
         _set(extractor, 'out_channels', channels[0], where)
     elif given != channels[0]:
         raise _mismatch(where, 'out_channels', given, channels[0], feed)
@@ -487,10 +482,10 @@ def _resolve_attention_levels(det: Mapping, feed: _Feed, path: str) -> None:
         if given is _MISSING and not deformable:
             continue
         if feed.levels is None:
-            if _is_auto(given):
+            if is_auto(given):
                 raise _cannot_fill(where, key, feed)
             continue
-        if given is _MISSING or _is_auto(given):
+        if given is _MISSING or is_auto(given):
             _set(cfg, key, len(feed.levels), where)
         elif given != len(feed.levels):
             raise _mismatch(where, key, given, len(feed.levels), feed,
