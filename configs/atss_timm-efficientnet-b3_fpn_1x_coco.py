@@ -4,7 +4,8 @@
 _base_ = ['mmdet::atss/atss_r50_fpn_1x_coco.py', './_base_/timm_runtime.py']
 
 model = dict(
-    data_preprocessor=dict(mean='auto', std='auto'),  # timm pretrained_cfg of the backbone
+    data_preprocessor=dict(  # timm's normalization; batches padded as the backbone needs
+        pad_size_divisor='auto', mean='auto', std='auto'),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',
@@ -15,4 +16,5 @@ model = dict(
         norm_eval=False,
         sync_bn=True,
         drop_path_rate=0.2),
-    neck=dict(in_channels='auto', start_level=0, add_extra_convs='on_input'))
+    neck=dict(in_channels='auto', start_level=0, add_extra_convs='on_input'),
+    bbox_head=dict(anchor_generator=dict(strides='auto')))

@@ -2,7 +2,8 @@
 _base_ = ['mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py', './_base_/timm_runtime.py']
 
 model = dict(
-    data_preprocessor=dict(mean='auto', std='auto'),  # timm pretrained_cfg of the backbone
+    data_preprocessor=dict(  # timm's normalization; batches padded as the backbone needs
+        pad_size_divisor='auto', mean='auto', std='auto'),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',
@@ -10,4 +11,6 @@ model = dict(
         pretrained=True,
         frozen_stages=1,
         norm_eval=True),
-    neck=dict(in_channels='auto'))
+    neck=dict(in_channels='auto'),
+    rpn_head=dict(anchor_generator=dict(strides='auto')),
+    roi_head=dict(bbox_roi_extractor=dict(featmap_strides='auto')))

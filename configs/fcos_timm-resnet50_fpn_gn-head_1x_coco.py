@@ -3,7 +3,7 @@ _base_ = ['mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py', './_base_/timm_ru
 
 model = dict(
     data_preprocessor=dict(  # RGB, timm's normalization (the base is caffe-style BGR)
-        mean='auto', std='auto', bgr_to_rgb=True),
+        pad_size_divisor='auto', mean='auto', std='auto', bgr_to_rgb=True),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',
@@ -11,4 +11,5 @@ model = dict(
         pretrained=True,
         frozen_stages=1,
         norm_eval=True),
-    neck=dict(in_channels='auto'))
+    neck=dict(in_channels='auto'),
+    bbox_head=dict(strides='auto'))

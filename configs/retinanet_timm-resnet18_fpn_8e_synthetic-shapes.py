@@ -9,7 +9,8 @@ synthetic = dict(num_train=400, num_val=100, img_size=(256, 256), seed=0)
 classes = ('circle', 'square', 'triangle', 'star', 'cross')
 
 model = dict(
-    data_preprocessor=dict(mean='auto', std='auto'),  # timm pretrained_cfg of the backbone
+    data_preprocessor=dict(  # timm's normalization; batches padded as the backbone needs
+        pad_size_divisor='auto', mean='auto', std='auto'),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',

@@ -1,8 +1,11 @@
-# RTMDet-L with timm's ConvNeXt-T, as mmdet's rtmdet_l_convnext_b_4xb32-100e_coco.py (GroupNorm in
-# neck and head, 100 epochs; plain AdamW instead of mmpretrain's layer-wise lr decay).
+# RTMDet-L with timm's ConvNeXt-T, as mmdet's rtmdet_l_convnext_b_4xb32-100e_coco.py (100 epochs;
+# plain AdamW instead of mmpretrain's layer-wise lr decay). Neck and head keep the base's SyncBN
+# (batch norm on one process) rather than that config's GroupNorm(32): its groups must divide
+# every width the neck derives from the backbone's channels (half of each level's), which most
+# timm backbones' do not (convnext_atto: 40), so swapping the backbone would fail (resolve_config
+# rejects such a pairing, naming the norm).
 _base_ = ['mmdet::rtmdet/rtmdet_l_8xb32-300e_coco.py', './_base_/timm_runtime.py']
 
-norm_cfg = dict(type='GN', num_groups=32)
 model = dict(
     data_preprocessor=dict(
         _delete_=True,
@@ -10,6 +13,7 @@ model = dict(
         mean='auto',  # timm pretrained_cfg of the backbone
         std='auto',
         bgr_to_rgb=True,
+        pad_size_divisor='auto',
         batch_augments=None),
     backbone=dict(
         _delete_=True,
@@ -19,8 +23,8 @@ model = dict(
         pretrained=True,
         drop_path_rate=0.4,
         with_cp=True),
-    neck=dict(in_channels='auto', norm_cfg=norm_cfg),
-    bbox_head=dict(norm_cfg=norm_cfg))
+    neck=dict(in_channels='auto'),
+    bbox_head=dict(anchor_generator=dict(strides='auto')))
 
 max_epochs = 100
 stage2_num_epochs = 10

@@ -4,7 +4,7 @@ _base_ = ['mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py', './_base_/timm_runtime.py
 
 model = dict(
     data_preprocessor=dict(  # RGB, timm's normalization (the base is caffe-style BGR)
-        mean='auto', std='auto', bgr_to_rgb=True),
+        pad_size_divisor='auto', mean='auto', std='auto', bgr_to_rgb=True),
     backbone=dict(
         _delete_=True,
         type='TimmBackbone',
@@ -13,4 +13,5 @@ model = dict(
         pretrained=True,
         frozen_stages=1,
         norm_eval=True),
-    neck=dict(in_channels='auto'))
+    neck=dict(in_channels='auto'),
+    bbox_head=dict(anchor_generator=dict(strides='auto')))

@@ -6,14 +6,15 @@ the representative model lists the fast tests parametrize over, and a free local
 import copy
 import functools
 import importlib.util
-import math
 import os
 import socket
 
+import torch
 from mmengine.config import Config
 
 from timm_backbones import feature_specs
-from timm_backbones.wiring import NECKS
+from timm_backbones._specs import check_maps
+from timm_backbones.wiring import neck_levels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MMDET_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
@@ -80,19 +81,17 @@ def free_port():
 # ---- shapes ------------------------------------------------------------------------------------
 def predicted_levels(model):
     """The levels the neck table says `model['neck']` (a dict or a chain) returns."""
-    levels = feature_specs(model['backbone'])
-    for cfg in (model['neck'] if isinstance(model['neck'], list) else [model['neck']]):
-        levels = NECKS[cfg['type']].outputs(cfg, levels, 'neck')
-    return levels
+    return neck_levels(model, feature_specs(model['backbone']))
 
 
 def check_shapes(shapes, levels, size):
-    """Each map (NCHW shape) has its level's channels and ceil(input / stride) pixels per side
-    (levels of unknown stride: channels only)."""
-    shapes = [tuple(s) for s in shapes]
-    assert len(shapes) == len(levels), (shapes, levels)
-    for shape, level in zip(shapes, levels):
-        assert shape[1] == level.channels, (shape, level)
-        if level.stride is not None:
-            assert shape[-2:] == tuple(math.ceil(s / level.stride) for s in size), \
-                (shape, level, size)
+    """Each map (NCHW shape) has its level's channels and exactly ceil(input / stride) pixels
+    per side, TimmBackbone's guarantee (levels of unknown stride: channels only)."""
+    check_maps([tuple(s) for s in shapes], levels, size, 'maps', exact=True)
+
+
+def nonfinite(model):
+    """Names of the floating-point parameters and buffers of `model` holding NaN or infinity
+    (under `torch.use_deterministic_algorithms(True)` uninitialized memory is NaN)."""
+    return [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if t.is_floating_point() and not torch.isfinite(t).all()]

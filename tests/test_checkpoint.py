@@ -1,74 +1,14 @@
-"""Every weight-loading path verifies what it loaded: `pretrained=` files, `init_cfg=Pretrained`
-(with and without prefix), `init_detector` and the runner's `load_checkpoint` (load_from,
-tools/test.py, resume) report loaded/total tensors and fail clearly when nothing or too little
-matched (expected vs found names, the prefix that would match); files that are no checkpoint
-say so. Weight files are made here (random models saved and loaded back)."""
-import logging
-
+"""Checkpoint files: files that are no checkpoint say so (also inside the weights-only loading
+context), the formats are recognised, and the runner's plain checkpoints round-trip the message
+hub. Weight files are made here (random models saved; `files` in conftest.py)."""
 import numpy as np
 import pytest
-import timm
 import torch
-from mmengine.config import Config
-from mmengine.logging import HistoryBuffer, MMLogger
+from mmengine.logging import MessageHub
 
-from helpers import ROOT
-from timm_backbones import TimmBackbone, init_detector
-from timm_backbones._checkpoint import (LoadReport, check_checkpoint_file, check_load,
-                                        checkpoint_loading, key_mismatch_hint, read_checkpoint)
-
-torch.set_num_threads(2)
-
-DEMO = f'{ROOT}/configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py'
-
-
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-    """Weight files of every kind a user may hand over."""
-    root = tmp_path_factory.mktemp('weights')
-    timm_model = timm.create_model('resnet18')
-    donor = TimmBackbone('resnet18')
-    paths = {}
-
-    def save(name, data):
-        paths[name] = str(root / name)
-        torch.save(data, paths[name])
-
-    save('timm.pth', timm_model.state_dict())
-    save('backbone.pth', donor.state_dict())
-    save('detector_plain.pth', {'state_dict': {f'backbone.{k}': v
-                                               for k, v in donor.state_dict().items()}})
-    # as mmengine's runner writes it: numpy and HistoryBuffer beside the tensors
-    save('detector.pth', {'state_dict': {f'backbone.{k}': v for k, v in donor.state_dict().items()},
-                          'message_hub': {'log_scalars': {'loss': HistoryBuffer([1.0], [1])}},
-                          'meta': {'seed': np.int64(0)}})
-    save('half.pth', {k: v for i, (k, v) in enumerate(timm_model.state_dict().items()) if i % 3})
-    save('other.pth', {'encoder.weight': torch.zeros(3, 3)})
-    for name, text in (('page.pth', '<!DOCTYPE html>\n<html><body>Not Found</body></html>'),
-                       ('notes.pth', 'not weights\n'), ('empty.pth', ''),
-                       ('lfs.pth', 'version https://git-lfs.github.com/spec/v1\noid sha256:ab\n')):
-        paths[name] = str(root / name)
-        (root / name).write_text(text)
-    from safetensors.torch import save_file
-    paths['timm.safetensors'] = str(root / 'timm.safetensors')
-    save_file(timm_model.state_dict(), paths['timm.safetensors'])
-    return paths, timm_model, donor
-
-
-@pytest.fixture
-def log_lines():
-    """Lines logged on mmengine's current logger during the test."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = MMLogger.get_current_instance()
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
-
-
-def _same(a, b):
-    return all(torch.equal(v, b[k]) for k, v in a.items())
+from timm_backbones._checkpoint import (check_checkpoint_file, checkpoint_kind, checkpoint_loading,
+                                        from_plain_checkpoint, read_checkpoint,
+                                        to_plain_checkpoint)
 
 
 # ---- files that are no checkpoint --------------------------------------------------------------
@@ -87,189 +27,47 @@ def test_not_a_checkpoint_says_so(files, name, looks):
 
 def test_checkpoint_formats_recognised(files):
     paths = files[0]
-    assert check_checkpoint_file(paths['timm.pth']) == 'zip'
-    assert check_checkpoint_file(paths['timm.safetensors']) == 'safetensors'
+    assert checkpoint_kind(paths['timm.pth']) == 'zip'
+    assert checkpoint_kind(paths['timm.safetensors']) == 'safetensors'
     legacy = paths['timm.pth'] + '.legacy'
     torch.save({'a': torch.ones(1)}, legacy, _use_new_zipfile_serialization=False)
-    assert check_checkpoint_file(legacy) == 'pickle'
+    assert checkpoint_kind(legacy) == 'pickle'
     assert torch.equal(read_checkpoint(legacy)['a'], torch.ones(1))
-    assert check_checkpoint_file('https://example.com/w.pth') is None  # left to its loader
+    assert checkpoint_kind('https://example.com/w.pth') is None  # left to its loader
 
 
-# ---- how names would match ---------------------------------------------------------------------
+# ---- plain checkpoints -------------------------------------------------------------------------
 
-def test_key_mismatch_hint():
-    expected = ['model.conv1.weight', 'model.bn1.weight']
-    assert key_mismatch_hint(expected, ['backbone.model.conv1.weight']) == ('strip', 'backbone.')
-    assert key_mismatch_hint(expected, ['conv1.weight', 'bn1.weight']) == ('add', 'model.')
-    assert key_mismatch_hint(expected, ['encoder.weight']) is None
-
-
-def test_check_load_rules(log_lines):
-    names = tuple(f'w{i}' for i in range(10))
-    check_load(LoadReport('t', 'f', names, names, names))
-    assert 'loaded 10/10 tensors of t from f' in log_lines
-    check_load(LoadReport('t', 'f', names, names[:6], names[:6]))  # partial: a warning
-    assert any('loaded 6/10' in line and "'w6'" in line for line in log_lines)
-    with pytest.raises(ValueError, match='loaded 4/10 tensors.*too few matched'):
-        check_load(LoadReport('t', 'f', names, names[:4], names[:4]))
-    with pytest.raises(ValueError, match='loaded 0/10.*names match but the shapes differ.*2 names matched with other shapes'):
-        check_load(LoadReport('t', 'f', names, (), names[:2], mismatched=names[:2]))
-
-
-# ---- pretrained= -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize('name', ['timm.pth', 'timm.safetensors'])
-def test_pretrained_file_reports_loaded_total(files, log_lines, name):
-    paths, timm_model, _ = files
-    backbone = TimmBackbone('resnet18', pretrained=paths[name])
-    assert torch.equal(backbone.model.conv1.weight, timm_model.conv1.weight)
-    total = len(backbone.model.state_dict())
-    assert f"loaded {total}/{total} tensors of timm 'resnet18' (feature extractor) from the " \
-           f"file {paths[name]!r}" in log_lines
+def test_plain_checkpoint_round_trips_the_message_hub(tmp_path):
+    # rule: the runner's checkpoints hold tensors and plain containers only (any weights-only
+    # reader loads them), and resuming gets the same message hub back
+    hub = MessageHub.get_instance('plain-checkpoint-test')
+    for value in (1.5, 0.5, 0.25):
+        hub.update_scalar('train/loss', value)
+    hub.update_info('iter', np.int64(3))
+    checkpoint = {'message_hub': hub.state_dict(), 'meta': {'epoch': 1}}
+    path = str(tmp_path / 'plain.pth')
+    torch.save(to_plain_checkpoint(checkpoint), path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    loaded = from_plain_checkpoint(torch.load(path, weights_only=True))
+    restored = MessageHub.get_instance('plain-checkpoint-restored')
+    restored.load_state_dict(loaded['message_hub'])
+    before, after = hub.get_scalar('train/loss'), restored.get_scalar('train/loss')
+    assert np.array_equal(before.data[0], after.data[0])
+    assert np.array_equal(before.data[1], after.data[1])
+    assert after.mean() == before.mean() and after.current() == 0.25
+    assert restored.get_info('iter') == 3
 
 
-def test_pretrained_partial_file_warns_with_missing_names(files, log_lines):
-    backbone = TimmBackbone('resnet18', pretrained=files[0]['half.pth'])
-    total = len(backbone.model.state_dict())
-    assert any(f'/{total} tensors' in line and 'not in the file' in line for line in log_lines)
-
-
-def test_pretrained_detector_checkpoint_points_to_init_cfg(files):
-    # mmengine's checkpoint (numpy, HistoryBuffer) and a plain torch.save of a detector's weights
-    with pytest.raises(ValueError, match=r"detector checkpoint.*init_cfg=dict\(type='Pretrained'"
-                                         r".*prefix='backbone.'"):
-        TimmBackbone('resnet18', pretrained=files[0]['detector.pth'])
-    with pytest.raises(ValueError, match="detector checkpoint.*prefix='backbone.'"):
-        TimmBackbone('resnet18', pretrained=files[0]['detector_plain.pth'])
-
-
-def test_pretrained_backbone_state_dict_names_the_prefix(files):
-    # a TimmBackbone's own state dict (names model.*): timm loads nothing; the error says why
-    with pytest.raises(ValueError, match=r"(?s)loaded 0/\d+ tensors.*Expected names like "
-                                         r"'conv1.weight'.*'model.conv1.weight'.*"
-                                         r"prefix='model.'.*init_cfg"):
-        TimmBackbone('resnet18', pretrained=files[0]['backbone.pth'])
-
-
-def test_pretrained_unrelated_weights(files):
-    with pytest.raises(ValueError, match='loaded 0/.*no prefix makes the names match'):
-        TimmBackbone('resnet18', pretrained=files[0]['other.pth'])
-
-
-@pytest.mark.parametrize('name', ['page.pth', 'empty.pth'])
-def test_pretrained_not_a_checkpoint(files, name):
-    with pytest.raises(ValueError, match='is not a PyTorch checkpoint'):
-        TimmBackbone('resnet18', pretrained=files[0][name])
-
-
-# ---- init_cfg=Pretrained -----------------------------------------------------------------------
-
-@pytest.mark.parametrize('name, prefix', [('backbone.pth', None), ('detector.pth', 'backbone.')])
-def test_init_cfg_pretrained_reports_loaded_total(files, log_lines, name, prefix):
-    paths, _, donor = files
-    init_cfg = dict(type='Pretrained', checkpoint=paths[name])
-    if prefix:
-        init_cfg['prefix'] = prefix
-    backbone = TimmBackbone('resnet18', init_cfg=init_cfg)
-    backbone.init_weights()
-    assert _same(donor.state_dict(), backbone.state_dict())
-    total = len(donor.state_dict())
-    assert any(f"loaded {total}/{total} tensors of TimmBackbone('resnet18')" in line
-               for line in log_lines)
-
-
-def test_init_cfg_timm_state_dict_points_to_pretrained(files):
-    # a plain timm state dict: names lack 'model.'; before, 0 tensors changed silently
-    backbone = TimmBackbone('resnet18', init_cfg=dict(type='Pretrained',
-                                                      checkpoint=files[0]['timm.pth']))
-    with pytest.raises(ValueError, match=r"(?s)loaded 0/\d+ tensors.*lack the prefix 'model.'"
-                                         r".*pretrained='/path/to/weights'"):
-        backbone.init_weights()
-
-
-def test_init_cfg_detector_checkpoint_without_prefix(files):
-    backbone = TimmBackbone('resnet18', init_cfg=dict(type='Pretrained',
-                                                      checkpoint=files[0]['detector.pth']))
-    with pytest.raises(ValueError, match=r"loaded 0/.*prefix='backbone.'"):
-        backbone.init_weights()
-
-
-def test_init_cfg_wrong_prefix_lists_names(files):
-    backbone = TimmBackbone('resnet18', init_cfg=dict(
-        type='Pretrained', checkpoint=files[0]['detector.pth'], prefix='neck.'))
-    with pytest.raises(ValueError, match=r"no tensor named neck\.\.\..*'backbone.model.conv1"):
-        backbone.init_weights()
-
-
-def test_init_cfg_not_a_checkpoint(files):
-    backbone = TimmBackbone('resnet18', init_cfg=dict(type='Pretrained',
-                                                      checkpoint=files[0]['page.pth']))
-    with pytest.raises(ValueError, match='is not a PyTorch checkpoint.*HTML page'):
-        backbone.init_weights()
-
-
-def test_init_cfg_other_inits_still_apply(files):
-    # a non-Pretrained init_cfg entry still goes to mmengine; Pretrained loads last
-    paths, _, donor = files
-    backbone = TimmBackbone('resnet18', init_cfg=[
-        dict(type='Constant', val=0.5, layer='Conv2d'),
-        dict(type='Pretrained', checkpoint=paths['backbone.pth'])])
-    backbone.init_weights()
-    assert _same(donor.state_dict(), backbone.state_dict())
-    only_constant = TimmBackbone('resnet18', init_cfg=dict(type='Constant', val=0.5,
-                                                           layer='Conv2d'))
-    only_constant.init_weights()
-    assert torch.all(only_constant.model.conv1.weight == 0.5)
-
-
-# ---- init_detector and the runner --------------------------------------------------------------
-
-@pytest.fixture(scope='module')
-def detector_checkpoint(tmp_path_factory):
-    cfg = Config.fromfile(DEMO)
-    model = init_detector(cfg)
-    path = str(tmp_path_factory.mktemp('det') / 'epoch_1.pth')
-    torch.save({'state_dict': model.state_dict(), 'meta': {'seed': np.int64(0)}}, path)
-    return cfg, model, path
-
-
-def test_init_detector_reports_loaded_total(detector_checkpoint, log_lines):
-    cfg, model, path = detector_checkpoint
-    loaded = init_detector(cfg, path)
-    assert _same(model.state_dict(), loaded.state_dict())
-    total = len([k for k in model.state_dict() if k.startswith('backbone.')])
-    assert f'loaded {total}/{total} tensors of the detector from {path}' in log_lines
-
-
-@pytest.mark.parametrize('name, match', [
-    ('timm.pth', r"(?s)loaded 0/\d+ tensors of the detector.*lack the prefix 'backbone.model.'"
-                 r".*model.backbone.pretrained="),
-    ('backbone.pth', r"(?s)loaded 0/\d+.*lack the prefix 'backbone.'.*init_cfg"),
-    ('page.pth', 'is not a PyTorch checkpoint'),
-])
-def test_init_detector_wrong_checkpoint(detector_checkpoint, files, name, match):
-    with pytest.raises(ValueError, match=match):
-        init_detector(detector_checkpoint[0], files[0][name])
-
-
-def test_runner_load_from_is_verified(detector_checkpoint, files, tmp_path):
-    from timm_backbones import TimmBackboneRunner
-    cfg = detector_checkpoint[0].copy()
-    cfg.work_dir = str(tmp_path)
-    cfg.train_dataloader = cfg.train_cfg = cfg.optim_wrapper = cfg.param_scheduler = None
-    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
-    runner = TimmBackboneRunner.from_cfg(cfg)
-    log_lines = []
-    handler = logging.Handler()
-    handler.emit = lambda record: log_lines.append(record.getMessage())
-    runner.logger.addHandler(handler)  # the runner's own logger is the current one now
-    runner.load_checkpoint(detector_checkpoint[2])
-    total = len([k for k in runner.model.state_dict() if k.startswith('backbone.')])
-    assert f'loaded {total}/{total} tensors of the model from {detector_checkpoint[2]}' \
-        in log_lines
-    with pytest.raises(ValueError, match=r"loaded 0/\d+ tensors of the model.*lack the prefix"):
-        runner.load_checkpoint(files[0]['timm.pth'])
-    with pytest.raises(ValueError, match='is not a PyTorch checkpoint'):
-        runner.load_checkpoint(files[0]['empty.pth'])
+def test_plugin_import_allows_what_mmengine_writes(tmp_path):
+    # rule: with the package imported, a checkpoint written by plain mmengine (HistoryBuffer,
+    # numpy) loads with torch's weights-only default, and nothing else is allowed
+    import timm_backbones  # noqa: F401
+    hub = MessageHub.get_instance('mmengine-checkpoint-test')
+    hub.update_scalar('loss', 1.0)
+    path = str(tmp_path / 'mmengine.pth')
+    torch.save({'message_hub': hub.state_dict(), 'meta': {'seed': np.int64(0)}}, path)
+    assert torch.load(path)['meta']['seed'] == 0  # weights_only=True is torch's default
+    torch.save({'bad': print}, str(tmp_path / 'bad.pth'))
+    with pytest.raises(Exception, match='Weights only load failed'):
+        torch.load(str(tmp_path / 'bad.pth'))

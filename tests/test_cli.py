@@ -11,7 +11,7 @@ from mmengine.config import Config
 from timm_backbones import TimmBackbone, build_detector, feature_specs, resolve_config
 from timm_backbones.cli import auto_changes, main
 from timm_backbones.engine import TimmBackboneRunner
-from timm_backbones.sweep import FAMILIES
+from timm_backbones.families import FAMILIES
 
 from helpers import ROOT
 
@@ -31,11 +31,11 @@ def write(tmp_path, text, name='cfg.py'):
 # ---- config ------------------------------------------------------------------------------------
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_config_prints_a_config_that_resolves_and_builds(family, tmp_path):
-    # rule: `config DETECTOR ARCH` prints a complete config (mmdet base + the shipped runtime)
-    # that resolves and builds as printed
+    # rule: `config DETECTOR ARCH` prints a complete config (the family's shipped config, by
+    # absolute path, with the backbone swapped) that resolves and builds as printed
     code, text = run('config', family, 'resnet18', '--no-pretrained')
     assert code == 0
-    assert "_base_ = ['mmdet::" in text and 'configs/_base_/timm_runtime.py' in text
+    assert f"_base_ = ['{FAMILIES[family].path}']" in text
     cfg = Config.fromfile(write(tmp_path, text))
     assert cfg.runner_type == 'mmdet.TimmBackboneRunner'  # from the shipped runtime
     assert cfg.model.backbone.model_name == 'resnet18' and cfg.model.backbone.pretrained is False
@@ -95,13 +95,15 @@ def test_check_with_cfg_options(tmp_path):
 def test_check_fails_like_the_runner(tmp_path, capsys):
     # rule: an unresolvable config exits 1 with the error (and fix) the runner gives
     path = os.path.join(ROOT, 'configs', 'yolof_timm-resnet50-c5_8xb8-1x_coco.py')
-    options = ['model.backbone.model_name=vit_tiny_patch16_224', 'model.backbone.pretrained=False']
+    options = ['model.backbone.model_name=vit_tiny_patch16_224', 'model.backbone.pretrained=False',
+               'model.bbox_head.anchor_generator.strides=[32]']  # ViT: stride 16
     code, out = run('check', path, '--cfg-options', *options)
     assert code == 1 and out == ''
     message = capsys.readouterr().err
     cfg = Config.fromfile(path)
-    cfg.merge_from_dict(dict(o.split('=') for o in options))
-    cfg.merge_from_dict({'model.backbone.pretrained': False})
+    cfg.merge_from_dict(dict(o.split('=') for o in options[:1]))
+    cfg.merge_from_dict({'model.backbone.pretrained': False,
+                         'model.bbox_head.anchor_generator.strides': [32]})
     cfg.work_dir = str(tmp_path)
     with pytest.raises(ValueError) as runner_err:
         TimmBackboneRunner.from_cfg(cfg)
@@ -163,4 +165,4 @@ def test_python_m_entry_point():
     # rule: `python -m timm_backbones` is the same command
     out = subprocess.run([sys.executable, '-m', 'timm_backbones', 'config', 'yolof', 'resnet18'],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "'mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py'" in out
+    assert f"_base_ = ['{FAMILIES['yolof'].path}']" in out

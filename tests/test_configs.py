@@ -11,9 +11,8 @@ from mmdet.structures.mask import BitmapMasks
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
+from helpers import nonfinite
 from timm_backbones import TimmBackbone, build_detector, resolve_config
-
-torch.set_num_threads(2)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -66,8 +65,13 @@ def test_config_builds(name):
 
     resolved = resolve_config(cfg)
     assert "'auto'" not in str(resolved.model)
-    model = build_detector(resolved)
+    torch.use_deterministic_algorithms(True)  # uninitialized memory is NaN (see test_api.py)
+    try:
+        model = build_detector(resolved)
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert isinstance(model.backbone, TimmBackbone)
+    assert not nonfinite(model)  # build_detector initializes every parameter and buffer
     neck_in = resolved.model.neck.in_channels
     assert list(neck_in if isinstance(neck_in, (list, tuple)) else [neck_in]) == \
         model.backbone.out_channels

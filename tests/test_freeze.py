@@ -10,8 +10,6 @@ import timm_backbones  # noqa: F401  (registers the modules)
 from timm_backbones import TimmBackbone
 from timm_backbones._freeze import find_module, first_stage
 
-torch.set_num_threads(2)
-
 
 def _bn_stats(module):
     return {n: b.clone() for n, b in module.named_buffers() if 'running' in n}

@@ -16,8 +16,6 @@ from torch import nn
 import timm_backbones  # noqa: F401  (registers the modules)
 from timm_backbones import TimmBackbone, TimmLayerDecayOptimWrapperConstructor, build_detector
 
-torch.set_num_threads(2)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR, WD, RATE = 1e-3, 0.05, 0.75
 # a CNN, ConvNeXt, a ViT (FeatureGetterNet), Swin (NHWC), MambaOut (NHWC), EfficientNet (its own

@@ -16,16 +16,22 @@ def _modules(pattern):
     return sorted(glob.glob(os.path.join(PACKAGE, pattern), recursive=True))
 
 
-def _imported(path):
-    """Absolute names of the package's modules that `path` imports (relative imports resolved)."""
-    rel = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+def _imported(path, root=ROOT):
+    """Absolute names of the package's modules that `path` imports (relative imports resolved),
+    in the order written."""
+    rel = os.path.relpath(path, root)[:-len('.py')].split(os.sep)
     package = rel[:-1]
     names = []
-    for node in ast.walk(ast.parse(open(path).read())):
+    for node in sorted((n for n in ast.walk(ast.parse(open(path).read()))
+                        if isinstance(n, (ast.Import, ast.ImportFrom))),
+                       key=lambda n: (n.lineno, n.col_offset)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[:len(package) - node.level + 1]
-                names.append('.'.join(base + ([node.module] if node.module else [])))
+                if node.module:
+                    names.append('.'.join(base + [node.module]))
+                else:  # `from . import wiring`: the names are modules
+                    names += ['.'.join(base + [a.name]) for a in node.names]
             elif node.module:
                 names.append(node.module)
         elif isinstance(node, ast.Import):
@@ -62,3 +68,14 @@ def test_every_module_says_what_it_owns(path):
     if os.path.basename(path) == 'version.py':
         return
     assert ast.get_docstring(ast.parse(open(path).read())), f'{path} has no module docstring'
+
+
+def test_imports_are_read_in_every_form(tmp_path):
+    # the rules above see `from . import x`, `from .x import y` and `import x` alike
+    path = tmp_path / 'timm_backbones' / '_mod.py'
+    path.parent.mkdir()
+    path.write_text('from . import wiring\nfrom .engine import runner\nimport timm_backbones.data\n'
+                    'from ._specs import FeatureSpec\n')
+    assert _imported(str(path), root=str(tmp_path)) == [
+        'timm_backbones.wiring', 'timm_backbones.engine', 'timm_backbones.data',
+        'timm_backbones._specs']

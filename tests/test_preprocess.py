@@ -13,8 +13,6 @@ import timm_backbones  # noqa: F401  (registers the modules)
 from timm_backbones import build_detector, resolve_config
 from timm_backbones._pretrained_cfg import is_pretrained
 
-torch.set_num_threads(2)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # timm's pretrained normalization x 255, written out (not computed by the code under test)
 IMAGENET = ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375])

@@ -7,7 +7,6 @@ from helpers import PLAIN
 
 from timm_backbones import TimmBackbone, feature_specs
 
-torch.set_num_threads(2)
 SIZE = (320, 416)  # non-square, not 224
 
 

@@ -12,9 +12,7 @@ import timm_backbones  # noqa: F401  (registers the modules)
 from helpers import mmdet_config, timm
 from timm_backbones import has_timm_backbone, resolve_config
 
-torch.set_num_threads(2)
 register_all_modules()
-
 
 
 def retinanet(backbone, **neck):
@@ -36,6 +34,27 @@ def test_fills_and_returns_a_new_config():
     assert out.model.bbox_head.in_channels == 256  # explicit and right: kept
     assert cfg.model.neck.in_channels == 'auto'
     assert cfg.model.bbox_head.anchor_generator.strides == 'auto'
+
+
+def test_each_backbone_is_planned_once(monkeypatch):
+    # rule: the plan flows: resolve_config plans each timm backbone once and hands the plan to
+    # every rule; a config it resolved is recognised and not planned again (the registry and
+    # init_detector resolve what the runner resolved already)
+    import timm_backbones._plan as plan_mod
+    calls = []
+    real = plan_mod.plan_backbone
+    monkeypatch.setattr(plan_mod, 'plan_backbone', lambda *a, **k: calls.append(a) or real(*a, **k))
+    cfg = mmdet_config('mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    cfg.model.backbone = timm('vit_tiny_patch16_224', pretrained=False)  # a pyramid, strides 4..32
+    cfg.model.neck.in_channels = 'auto'
+    cfg.model.data_preprocessor.update(mean='auto', std='auto', pad_size_divisor='auto')
+    cfg.model.rpn_head.anchor_generator.strides = 'auto'
+    cfg.model.roi_head.bbox_roi_extractor.featmap_strides = 'auto'
+    resolved = resolve_config(cfg)
+    assert len(calls) == 1
+    assert resolve_config(resolved).to_dict() == resolved.to_dict() and len(calls) == 1
+    resolve_config(dict(model=resolved.model.to_dict()))
+    assert len(calls) == 1
 
 
 def test_idempotent():

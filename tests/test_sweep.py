@@ -1,5 +1,5 @@
-"""The sweep (sweep.py, tools/sweep.py): families as data, the per-architecture check, and the
-parallel, resumable tool behind docs/compatibility.csv.
+"""The sweep (sweep.py, tools/sweep.py): the per-architecture check in the shipped families, and
+the parallel, resumable tool behind docs/compatibility.csv.
 
 The `slow` test runs every timm architecture through every matrix family (`make test-slow`;
 `make compatibility` writes the same as the published matrix). The fast tests run the check and
@@ -11,13 +11,12 @@ import os
 
 import pytest
 import timm
-from mmengine.config import Config
 
 import timm_backbones  # noqa: F401  (registers the modules)
 from helpers import ROOT
-from timm_backbones.sweep import (FAMILIES, MATRIX_FAMILIES, check_architecture, check_family,
-                                  check_layer_decay,
-                                  family_config_text, family_model, is_plain)
+from timm_backbones.families import family_model
+from timm_backbones.sweep import (MATRIX_FAMILIES, check_architecture, check_family,
+                                  check_layer_decay, is_plain)
 
 _spec = importlib.util.spec_from_file_location('sweep_tool', os.path.join(ROOT, 'tools',
                                                                           'sweep.py'))
@@ -50,26 +49,6 @@ def test_layer_decay_groups_or_clear_error(name):
 def test_layer_decay_check_itself():
     assert check_layer_decay('convnext_atto') == ('groups', '13 layers')  # stem + 12 blocks
     assert check_layer_decay('pit_ti_224')[0] == 'no_group_matcher'
-
-
-def test_families_cover_the_shipped_configs():
-    # rule: every shipped COCO config has its family, and each family names an existing config
-    shipped = {f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('_coco.py')}
-    assert {f.shipped for f in FAMILIES.values()} <= shipped
-    # a shipped config not followed by a family is a variant of one (e.g. layer decay)
-    assert all(any(f.startswith(name) for name in FAMILIES) for f in shipped), shipped
-    assert set(MATRIX_FAMILIES) <= set(FAMILIES)
-
-
-@pytest.mark.parametrize('family', list(FAMILIES))
-def test_family_model_is_the_printed_config(family, tmp_path):
-    # rule: the sweep checks exactly the model the CLI prints
-    path = tmp_path / 'cfg.py'
-    path.write_text(family_config_text(family, 'convnext_atto', pretrained=False))
-    printed = Config.fromfile(str(path)).model.to_dict()
-    model = family_model(family, 'convnext_atto')
-    assert printed['backbone'].pop('_delete_', None) in (True, None)
-    assert Config(dict(model=printed)).model.to_dict() == Config(dict(model=model)).model.to_dict()
 
 
 @pytest.mark.parametrize('family', MATRIX_FAMILIES)

@@ -205,6 +205,22 @@ def test_dataset_builds_and_loads(tmp_path):
                             synthetic=dict(size=3)))
 
 
+def test_lazy_init_generates_nothing_until_loaded(tmp_path):
+    # mmdet's init_detector builds the test dataset with lazy_init=True to read its class names:
+    # that generates no data (options are still checked); loading it does
+    from mmdet.registry import DATASETS
+    data_root = str(tmp_path / 'lazy') + '/'
+    cfg = dict(type='SyntheticShapesDataset', data_root=data_root, synthetic=SMALL,
+               ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
+               lazy_init=True)
+    dataset = DATASETS.build(cfg)
+    assert dataset.metainfo['classes'] == SHAPE_CLASSES and not os.path.exists(data_root)
+    dataset.full_init()
+    assert len(dataset) == SMALL['num_val'] and os.path.isdir(data_root)
+    with pytest.raises(TypeError, match='unknown synthetic'):
+        DATASETS.build(dict(cfg, synthetic=dict(size=3)))
+
+
 def test_runner_builds_val_dataset_before_evaluator(tmp_path):
     # A plain CocoMetric on a not-yet-generated data_root works in a Runner: ValLoop builds the
     # dataloader (which generates the data) before the evaluator reads ann_file.

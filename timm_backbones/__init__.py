@@ -12,7 +12,10 @@ Layout:
 
 Importing the package registers, in mmdet's registries: `TimmBackbone` and one `timm.<arch>`
 entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS), `LossCurveHook` (HOOKS)
-and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS). The plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
+and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS); it makes mmengine's and
+mmdet's MODELS resolve configs with timm backbones when they build them (`engine/_api.py`), and
+allows what mmengine writes into checkpoints for weights-only loading (`_checkpoint.py`). The
+plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
 `SyntheticCocoMetric` in METRICS) needs mmdet's datasets and pycocotools, so it registers when
 `timm_backbones.data` is imported (the shared base config `configs/_base_/timm_runtime.py` lists
 it in `custom_imports`) or when one of its names is first read from this package.
@@ -21,7 +24,8 @@ import importlib
 from typing import Any
 
 from ._backbone import TimmBackbone
-from ._plan import feature_specs
+from ._checkpoint import allow_mmengine_globals
+from ._plan import BackbonePlan, feature_specs
 from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
 from ._specs import FeatureSpec
@@ -30,11 +34,14 @@ from .engine import (LossCurveHook, TimmBackboneRunner, TimmLayerDecayOptimWrapp
 from .version import __version__
 from .wiring import has_timm_backbone, resolve_config
 
-__all__ = ['TimmBackbone', 'FeatureSpec', 'feature_specs', 'resolve_config', 'has_timm_backbone',
-           'init_detector', 'build_detector', 'TimmBackboneRunner', 'SimplePyramid',
+__all__ = ['TimmBackbone', 'FeatureSpec', 'BackbonePlan', 'feature_specs', 'resolve_config',
+           'has_timm_backbone', 'init_detector', 'build_detector', 'TimmBackboneRunner',
+           'SimplePyramid',
            'SyntheticShapesDataset', 'SyntheticCocoMetric', 'make_synthetic_coco',
            'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'TIMM_MODELS',
            '__version__']
+
+allow_mmengine_globals()  # mmdet's own APIs read mmengine checkpoints weights-only
 
 _LAZY = {'SyntheticShapesDataset': 'data', 'SyntheticCocoMetric': 'data',
          'make_synthetic_coco': 'data'}

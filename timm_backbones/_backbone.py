@@ -1,23 +1,25 @@
-"""`TimmBackbone`: any timm feature-extraction model as an mmdet backbone."""
+"""`TimmBackbone`: any timm feature-extraction model as an mmdet backbone. What it will be comes
+from its plan (`_plan.py`), its weights from `_weights.py`, freezing from `_freeze.py`, norms from
+`_norms.py`, the checks of its other options from `_options.py`.
+"""
 import math
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit, update_init_info
-from timm.models import FeatureHookNet
 from torch import Tensor, nn
 
-from ._checkpoint import load_verified, read_checkpoint, state_dict_from
-from ._freeze import find_module, first_stage, stage_split
+from ._freeze import freeze_stages
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
-from ._plan import level_specs, plan_backbone, unknown_options_message
+from ._options import (check_bool, check_frozen_stages, check_init_cfg, check_pretrained,
+                       compile_kwargs, unknown_options_message)
+from ._plan import level_specs, plan_backbone
 from ._pyramid import SimplePyramid
 from ._specs import FeatureSpec, format_specs
-from ._timm import create_features
+from ._timm import create_features, enable_grad_checkpointing
+from ._weights import create_pretrained, load_init_checkpoint
 
 __all__ = ['TimmBackbone']
 
@@ -105,18 +107,15 @@ class TimmBackbone(BaseModule):
                  **unknown: Any) -> None:
         if unknown:
             raise TypeError(unknown_options_message(list(unknown)))
-        super().__init__(init_cfg=_check_init_cfg(init_cfg))
-        if isinstance(pretrained, os.PathLike):
-            pretrained = os.fspath(pretrained)
-        if not isinstance(pretrained, (bool, str)) or pretrained == '':
-            raise TypeError(f'pretrained must be False, True or a file path, got {pretrained!r}')
+        super().__init__(init_cfg=check_init_cfg(init_cfg))
+        pretrained = check_pretrained(pretrained)
         for name, value in dict(norm_eval=norm_eval, frozen_bn=frozen_bn, sync_bn=sync_bn,
                                 with_cp=with_cp, channels_last=channels_last).items():
-            _check_bool(name, value)
+            check_bool(name, value)
         if frozen_bn and sync_bn:
             raise ValueError('frozen_bn=True and sync_bn=True exclude each other: frozen batch '
                              'norms have no statistics to synchronise. Choose one.')
-        compile_kwargs = _compile_kwargs(compile)
+        compile_args = compile_kwargs(compile)
         self.model_name = model_name
         plan = plan_backbone(model_name, out_indices=out_indices, output_stride=output_stride,
                              in_channels=in_channels, drop_path_rate=drop_path_rate,
@@ -124,13 +123,13 @@ class TimmBackbone(BaseModule):
                              pyramid_strides=pyramid_strides, pyramid_channels=pyramid_channels)
         self.plan = plan
         self.levels = plan.levels
-        self.frozen_stages = _check_frozen_stages(frozen_stages, self.levels, model_name)
+        self.frozen_stages = check_frozen_stages(frozen_stages, self.levels, model_name)
         self.norm_eval = bool(norm_eval)
         self.in_channels = plan.kwargs['in_chans']
         # timm returns levels in level order; forward picks them in out_indices order
         self._order = tuple(plan.timm_indices.index(i) for i in plan.out_indices)
-        self.model = create_features(model_name, plan.kwargs, plan.timm_indices,
-                                     pretrained=pretrained)
+        self.model = create_pretrained(model_name, plan.kwargs, plan.timm_indices, pretrained) \
+            if pretrained else create_features(model_name, plan.kwargs, plan.timm_indices)
         self.pyramid = None
         if plan.pyramid_strides:
             sources = [self.levels[i] for i in plan.out_indices]
@@ -150,15 +149,18 @@ class TimmBackbone(BaseModule):
         if sync_bn:
             self.model = convert_sync_batchnorm(self.model)
         if with_cp:
-            _enable_grad_checkpointing(self.model, model_name)
+            enable_grad_checkpointing(self.model, model_name)
         self._frozen_paths: List[str] = []  # modules of frozen stages, kept in eval mode
         if self.frozen_stages >= 0:
-            self._freeze()
+            self._frozen_paths = freeze_stages(self.model, self.levels, self.frozen_stages,
+                                               max(plan.timm_indices), model_name)
+            for m in self.frozen_modules():
+                m.eval()
         self.channels_last = channels_last
         if channels_last:  # after the converters, which replace modules
             self.to(memory_format=torch.channels_last)
-        if compile_kwargs is not None:
-            self.compile(**compile_kwargs)
+        if compile_args is not None:
+            self.compile(**compile_args)
 
     @property
     def feature_specs(self) -> Tuple[FeatureSpec, ...]:
@@ -179,24 +181,6 @@ class TimmBackbone(BaseModule):
     def out_strides(self) -> List[int]:
         """Stride of each output, in output order."""
         return [s.stride for s in self.feature_specs]
-
-    def _freeze(self) -> None:
-        start = first_stage(self.levels)
-        needed = range(start, min(start + max(self.frozen_stages, 1), len(self.levels)))
-        built = max(self.plan.timm_indices)
-        paths = [find_module(self.model, self.levels[i].module) for i in needed]
-        missing = [self.levels[i].module for i, p in zip(needed, paths) if not p and i <= built]
-        if missing:
-            raise ValueError(
-                f'frozen_stages={self.frozen_stages} is not available for {self.model_name!r}: '
-                f"timm's feature_info names module(s) {missing} that are not modules of its "
-                f'feature extractor, so the stages cannot be located. Use frozen_stages=-1 and '
-                f'freeze parameters with an optimizer paramwise_cfg (lr_mult=0) instead.')
-        params, self._frozen_paths = stage_split(self.model, paths, self.frozen_stages)
-        for p in params:
-            p.requires_grad = False
-        for m in self.frozen_modules():
-            m.eval()
 
     def frozen_modules(self) -> List[nn.Module]:
         """The modules of the frozen stages (looked up by path: converters may swap them)."""
@@ -228,25 +212,10 @@ class TimmBackbone(BaseModule):
 
     def _load_init_checkpoint(self, cfg: Dict[str, Any]) -> None:
         """Load an `init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)`, verified."""
-        path, prefix = cfg['checkpoint'], cfg.get('prefix')
-        state = state_dict_from(read_checkpoint(path, cfg.get('map_location', 'cpu')), path)
-        where = f'{path} (prefix={prefix!r})' if prefix else path
-        if prefix:
-            names = list(state)[:4]
-            state = {k[len(prefix):]: v for k, v in state.items()
-                     if isinstance(k, str) and k.startswith(prefix)}
-            if not state:
-                raise ValueError(
-                    f'init_cfg checkpoint {path!r} has no tensor named {prefix}...: it holds '
-                    f'names like {names}. Set prefix to the part before the backbone\'s own '
-                    f"names (model.*), e.g. prefix='backbone.' for a detector checkpoint, or "
-                    f'leave it out for a TimmBackbone checkpoint.')
-        advice = ("init_cfg=Pretrained takes a checkpoint of this TimmBackbone (names 'model.*') "
-                  "or of a detector (add prefix='backbone.'); for a timm model's own weights "
-                  "(a timm state_dict) use pretrained='/path/to/weights' instead.")
-        load_verified(self, state, f'TimmBackbone({self.model_name!r})', where, advice=advice)
+        load_init_checkpoint(self, cfg, f'TimmBackbone({self.model_name!r})')
         if hasattr(self, '_params_init_info'):
-            update_init_info(self, init_info=f'Pretrained: loaded from {where}')
+            prefix = f" (prefix={cfg['prefix']!r})" if cfg.get('prefix') else ''
+            update_init_info(self, init_info=f"Pretrained: loaded from {cfg['checkpoint']}{prefix}")
 
     def train(self, mode: bool = True) -> 'TimmBackbone':
         """Switch mode, keeping frozen stages (and norms, with `norm_eval`) in eval mode."""
@@ -269,7 +238,7 @@ class TimmBackbone(BaseModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         hw = (x.shape[-2], x.shape[-1])
-        run_hw = self._run_size(hw)
+        run_hw = self.plan.run_size(hw)
         if run_hw != hw:
             x = F.pad(x, (0, run_hw[1] - hw[1], 0, run_hw[0] - hw[0]))
         feats = self.model(x)
@@ -296,88 +265,3 @@ class TimmBackbone(BaseModule):
                 f"data_preprocessor's mean/std {x.shape[1]} value(s) each), or load the images "
                 f"with {self.in_channels} channel(s) (e.g. LoadImageFromFile(color_type="
                 f"{'color' if self.in_channels == 3 else 'grayscale'!r})).")
-
-    def _run_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
-        """The input size the timm model runs at for an input of size `hw`."""
-        fixed = self.plan.fixed_size
-        if fixed is None:
-            d = self.plan.pad_divisor
-            return (-(-hw[0] // d) * d, -(-hw[1] // d) * d)
-        if hw[0] > fixed[0] or hw[1] > fixed[1]:
-            raise ValueError(
-                f'{self.model_name!r} only runs at {fixed[0]}x{fixed[1]} (fixed position '
-                f'tables), and the input is {hw[0]}x{hw[1]}. Build it for your largest input '
-                f'with input_size=(H, W) (smaller inputs are zero-padded to it), resize images '
-                f'to fit, or pick a model that takes any size.')
-        return fixed
-
-
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        hint = ' (a string: write True or False without quotes)' if isinstance(value, str) else ''
-        raise TypeError(f'{name} must be True or False, got {value!r}{hint}')
-
-
-def _check_init_cfg(init_cfg: Any) -> Any:
-    """None, a dict or a list of dicts, each with a `type`; `Pretrained` needs a `checkpoint`."""
-    if init_cfg is None:
-        return None
-    cfgs = init_cfg if isinstance(init_cfg, list) else [init_cfg]
-    for cfg in cfgs:
-        if not isinstance(cfg, dict) or 'type' not in cfg:
-            raise TypeError(f'init_cfg must be a dict with a type (or a list of them), e.g. '
-                            f"dict(type='Pretrained', checkpoint=path); got {init_cfg!r}")
-        if cfg['type'] in ('Pretrained', PretrainedInit) and \
-                not isinstance(cfg.get('checkpoint'), (str, os.PathLike)):
-            raise TypeError(f"init_cfg type='Pretrained' needs checkpoint=<file path or URL>, "
-                            f'got {cfg!r}')
-    return init_cfg
-
-
-def _check_frozen_stages(frozen_stages: int, levels: Sequence[FeatureSpec],
-                         model_name: str) -> int:
-    start = first_stage(levels)
-    n = len(levels) - start
-    if not isinstance(frozen_stages, int) or isinstance(frozen_stages, bool) or \
-            not -1 <= frozen_stages <= n:
-        stages = format_specs(levels[start:], range(1, n + 1))
-        stem = (f'levels {list(range(start))} (stride < 4) are part of the stem, '
-                if start else '')
-        raise ValueError(
-            f'frozen_stages={frozen_stages!r} out of range for {model_name!r}: use -1 (nothing), '
-            f'0 (the stem) or 1..{n} (the stem and that many stages). Stages are counted as in '
-            f'mmdet: {stem}stage k is the level listed as k below.\nStages:\n{stages}')
-    return frozen_stages
-
-
-_COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
-
-
-def _compile_kwargs(compile: Union[bool, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    """`torch.compile` arguments for TimmBackbone's `compile` option (None: do not compile)."""
-    if compile is False:
-        return None
-    if compile is True:
-        return {}
-    if isinstance(compile, dict):
-        unknown = [k for k in compile if k not in _COMPILE_ARGS]
-        if unknown:
-            raise TypeError(f'compile={compile!r}: unknown torch.compile argument(s) {unknown}; '
-                            f'allowed: {", ".join(_COMPILE_ARGS)}.')
-        return dict(compile)
-    raise TypeError(f'compile must be False, True or a dict of torch.compile arguments (e.g. '
-                    f"dict(mode='max-autotune')), got {compile!r}")
-
-
-def _enable_grad_checkpointing(model: nn.Module, model_name: str) -> None:
-    """timm's set_grad_checkpointing, on the wrapper or, for FeatureGetterNet, its inner model."""
-    target = model if hasattr(model, 'set_grad_checkpointing') else getattr(model, 'model', None)
-    if isinstance(model, FeatureHookNet) or not hasattr(target, 'set_grad_checkpointing'):
-        raise ValueError(
-            f'with_cp=True is not supported for {model_name!r}: its timm feature extractor '
-            f'({type(model).__name__}) has no working set_grad_checkpointing. Use with_cp=False.')
-    try:
-        target.set_grad_checkpointing(True)
-    except (AssertionError, NotImplementedError) as err:
-        raise ValueError(f'with_cp=True is not supported for {model_name!r}: timm raised '
-                         f'{type(err).__name__}: {err}. Use with_cp=False.') from err

@@ -1,9 +1,15 @@
-"""Reading config dicts: the one place that parses a config's `type` (`type_name`), recognises
-timm backbone configs (`timm_model_name`) and turns config containers into plain Python values.
+"""Reading and writing config dicts: the one place that parses a config's `type` (`type_name`),
+recognises timm backbone configs (`timm_model_name`), turns config containers into plain Python
+values (`to_plain`), checks plain ints (`is_int`) and fills a field with a log line
+(`set_logged`).
 """
-from typing import Any, Mapping, Optional
+import logging
+from typing import Any, Mapping, MutableMapping, Optional
 
-__all__ = ['type_name', 'timm_model_name', 'to_plain', 'AUTO', 'is_auto']
+from mmengine.logging import print_log
+
+__all__ = ['type_name', 'timm_model_name', 'to_plain', 'to_list', 'AUTO', 'is_auto', 'is_int',
+           'set_logged']
 
 AUTO = 'auto'  # a field filled from the timm backbone by resolve_config
 
@@ -74,3 +80,46 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(to_plain(v) for v in value)
     return value
+
+
+def to_list(value: Any) -> Any:
+    """ConfigDicts to dicts and tuples/ConfigLists to lists (recursively): values as a config
+    file or a message writes them.
+
+    Example:
+        >>> to_list((1, (2, 3)))
+        [1, [2, 3]]
+    """
+    plain = to_plain(value)
+    if isinstance(plain, tuple):
+        return [to_list(v) for v in plain]
+    if isinstance(plain, dict):
+        return {k: to_list(v) for k, v in plain.items()}
+    return plain
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool.
+
+    Example:
+        >>> is_int(3), is_int(True), is_int(3.0)
+        (True, False, False)
+    """
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def set_logged(cfg: MutableMapping, key: str, value: Any, where: str, why: str = '',
+               level: int = logging.DEBUG) -> None:
+    """`cfg[key] = value`, logged as `resolve_config: where.key = value (why)`.
+
+    Args:
+        cfg: The config dict changed in place.
+        key: The field.
+        value: Its new value.
+        where: The config path of `cfg` (e.g. 'model.neck').
+        why: Where the value comes from, if worth saying.
+        level: The log level (DEBUG: routine fills; INFO: choices a user should see).
+    """
+    cfg[key] = value
+    print_log(f'resolve_config: {where}.{key} = {value!r}' + (f' ({why})' if why else ''),
+              logger='current', level=level)

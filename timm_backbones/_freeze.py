@@ -15,9 +15,10 @@ from typing import List, Sequence, Tuple
 
 from torch import nn
 
+from ._names import wrapper_path
 from ._specs import FeatureSpec
 
-__all__ = ['STEM_STRIDE', 'find_module', 'first_stage', 'stage_split']
+__all__ = ['STEM_STRIDE', 'find_module', 'first_stage', 'stage_split', 'freeze_stages']
 
 STEM_STRIDE = 4  # levels of smaller stride belong to the stem (mmdet's stages start at stride 4)
 
@@ -40,10 +41,8 @@ def first_stage(levels: Sequence[FeatureSpec]) -> int:
 
 
 def find_module(model: nn.Module, name: str) -> str:
-    """The path in `model` of the module timm's `feature_info` calls `name`.
-
-    timm's feature wrappers rename modules: FeatureListNet flattens `stages.0` to `stages_0`,
-    FeatureGetterNet keeps the original model under `model.`.
+    """The path in `model` of the module timm's `feature_info` calls `name` (the wrappers rename
+    modules: `_names.wrapper_path`).
 
     Args:
         model: A timm feature extractor.
@@ -56,20 +55,38 @@ def find_module(model: nn.Module, name: str) -> str:
         >>> find_module(timm.create_model('convnext_atto', features_only=True), 'stages.1')
         'stages_1'
     """
-    if not name:
-        return ''
-    paths = [p for p, _ in model.named_modules()]
-    head, _, rest = name.partition('.')
-    candidates = [name, name.replace('.', '_')]
-    if rest:  # FeatureListNet joins only the first levels: 'a.b.c' -> 'a_b.c'
-        first, _, tail = rest.partition('.')
-        candidates.append(f'{head}_{first}.{tail}' if tail else f'{head}_{first}')
-    for cand in candidates:
-        if cand in paths:
-            return cand
-    # wrappers keep the original model under a prefix ('model.', 'body.', 'model.encoder.')
-    nested = [p for p in paths if any(p.endswith('.' + c) for c in candidates)]
-    return min(nested, key=len) if nested else ''
+    return wrapper_path((p for p, _ in model.named_modules()), name)
+
+
+def freeze_stages(model: nn.Module, levels: Sequence[FeatureSpec], frozen_stages: int,
+                  last_built: int, model_name: str) -> List[str]:
+    """Freeze the stem and the first `frozen_stages` stages of a timm feature extractor
+    (`requires_grad=False`) and return the paths of their modules, to keep in eval mode.
+
+    Args:
+        model: The feature extractor.
+        levels: Every feature level of the model (`feature_info`), in level order.
+        frozen_stages: 0 (the stem) or k (the stem and k stages).
+        last_built: The deepest level the extractor holds (later ones are pruned).
+        model_name: For error messages.
+
+    Example:
+        >>> paths = freeze_stages(model, plan.levels, 1, 4, 'resnet18')
+    """
+    start = first_stage(levels)
+    needed = range(start, min(start + max(frozen_stages, 1), len(levels)))
+    paths = [find_module(model, levels[i].module) for i in needed]
+    missing = [levels[i].module for i, p in zip(needed, paths) if not p and i <= last_built]
+    if missing:
+        raise ValueError(
+            f'frozen_stages={frozen_stages} is not available for {model_name!r}: timm\'s '
+            f'feature_info names module(s) {missing} that are not modules of its feature '
+            f'extractor, so the stages cannot be located. Use frozen_stages=-1 and freeze '
+            f'parameters with an optimizer paramwise_cfg (lr_mult=0) instead.')
+    params, frozen_paths = stage_split(model, paths, frozen_stages)
+    for param in params:
+        param.requires_grad = False
+    return frozen_paths
 
 
 def stage_split(model: nn.Module, stage_paths: Sequence[str], num_frozen: int

@@ -1,21 +1,22 @@
-"""What a TimmBackbone will be, computed without weights: timm arguments, every feature level,
-the chosen outputs and their specs. `TimmBackbone` builds from a plan, and `feature_specs(cfg)`
-reads one, so the two always agree.
+"""What a TimmBackbone will be, computed without weights: `BackbonePlan` (timm arguments, every
+feature level, the chosen outputs and their specs, and the input sizes it takes). `TimmBackbone`
+builds from a plan, `resolve_config` wires a detector from one, and `feature_specs(cfg)` reads
+one, so they always agree.
 """
-import difflib
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
-from ._configs import timm_model_name, to_plain
-from ._probe import (clear_caches, has_dynamic_size, probe, probe_input, runs_at_any_size,
-                     supports_kwargs)
+from ._cache import clear_caches
+from ._configs import is_auto, timm_model_name, to_plain
+from ._options import OPTIONS, SHAPE_OPTIONS, unknown_options_message
+from ._probe import has_dynamic_size, probe, probe_input, runs_at_any_size, supports_kwargs
 from ._pyramid import plan_pyramid, pyramid_channels
-from ._specs import FeatureSpec, format_specs
+from ._specs import FeatureSpec, SpecTuple, format_specs, round_up
 from ._timm import timm_kwargs
 
 __all__ = ['BackbonePlan', 'plan_backbone', 'plan_from_config', 'feature_specs',
-           'resolve_out_indices', 'level_specs', 'INPUT_SIZES', 'OPTIONS',
-           'unknown_options_message']
+           'resolve_out_indices', 'level_specs', 'INPUT_SIZES']
 
 INPUT_SIZES = ('any', 'fixed')
 
@@ -43,10 +44,14 @@ class BackbonePlan:
         pyramid_channels: The pyramid's channel option (see `SimplePyramid`).
         pad_divisor: Input sides must be multiples of this (1: any size).
         fixed_size: (H, W) of a model that only runs at one size (inputs are padded to it).
+
+    `pad_divisor` and `fixed_size` are the backbone's input-size contract: `run_size` says what
+    an input is padded to, `pad_size_divisor` what a data preprocessor should pad batches to.
+    Output specs carry `pad_divisor` too (`FeatureSpec.pad_divisor`, the same value).
     """
     model_name: str
     kwargs: Dict[str, Any]
-    levels: Tuple[FeatureSpec, ...]
+    levels: SpecTuple
     output_format: str
     out_indices: Tuple[int, ...]
     pyramid_strides: Tuple[Optional[int], ...] = ()
@@ -60,7 +65,33 @@ class BackbonePlan:
         return tuple(sorted(set(self.out_indices)))
 
     @property
-    def specs(self) -> Tuple[FeatureSpec, ...]:
+    def pad_size_divisor(self) -> int:
+        """What batches should be padded to a multiple of: the input divisor and the deepest
+        output stride (for a fixed-size model, also a divisor of its size, so padding never
+        pushes an input past it)."""
+        auto = math.lcm(self.pad_divisor, max(s.stride for s in self.specs))
+        return math.gcd(auto, *self.fixed_size) if self.fixed_size is not None else auto
+
+    def run_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
+        """The input size the timm model runs at for an input of size `hw` (padded up to a
+        multiple of `pad_divisor`, or to `fixed_size`).
+
+        Raises:
+            ValueError: The input is larger than a fixed-size model takes.
+        """
+        if self.fixed_size is None:
+            return round_up(hw[0], self.pad_divisor), round_up(hw[1], self.pad_divisor)
+        fixed = self.fixed_size
+        if hw[0] > fixed[0] or hw[1] > fixed[1]:
+            raise ValueError(
+                f'{self.model_name!r} only runs at {fixed[0]}x{fixed[1]} (fixed position '
+                f'tables), and the input is {hw[0]}x{hw[1]}. Build it for your largest input '
+                f'with input_size=(H, W) (smaller inputs are zero-padded to it), resize images '
+                f'to fit, or pick a model that takes any size.')
+        return fixed
+
+    @property
+    def specs(self) -> SpecTuple:
         """Specs of the outputs, in output order."""
         sources = [self.levels[i] for i in self.out_indices]
         if not self.pyramid_strides:
@@ -72,7 +103,7 @@ class BackbonePlan:
                      for i, (c, t, s) in enumerate(zip(channels, self.pyramid_strides, sources)))
 
 
-def level_specs(levels: Sequence[Dict[str, Any]]) -> Tuple[FeatureSpec, ...]:
+def level_specs(levels: Sequence[Dict[str, Any]]) -> SpecTuple:
     """One `FeatureSpec` per timm feature level (`feature_info` dicts), index = level number."""
     return tuple(FeatureSpec(channels=int(d['num_chs']), stride=int(d['reduction']), index=i,
                              module=str(d['module'])) for i, d in enumerate(levels))
@@ -137,7 +168,7 @@ def _size_kwargs(model_name: str, kwargs: Dict[str, Any],
                 f"(a model that takes any size needs input_size='any'; some fixed-size models "
                 f'only take square sizes). {err}') from err
         return size
-    if input_size == 'auto':  # filled by wiring/_pipeline.py
+    if is_auto(input_size):  # filled by wiring/_pipeline.py
         raise ValueError("input_size='auto' is filled by resolve_config from the config's data "
                          'pipelines (TimmBackboneRunner does it before building); building a '
                          "backbone directly, pass input_size=(height, width) or 'any'.")
@@ -203,25 +234,6 @@ def plan_backbone(model_name: str,
                         pad_divisor=sizes.pad_divisor, fixed_size=sizes.fixed_size)
 
 
-# TimmBackbone options that change its outputs, and those that do not (weights, training).
-_SHAPE_OPTIONS = ('out_indices', 'output_stride', 'in_channels', 'drop_path_rate',
-                  'model_kwargs', 'input_size', 'pyramid', 'pyramid_strides', 'pyramid_channels')
-_OTHER_OPTIONS = ('pretrained', 'frozen_stages', 'norm_eval', 'frozen_bn', 'sync_bn', 'with_cp',
-                  'channels_last', 'compile', 'init_cfg')
-OPTIONS = ('model_name',) + _SHAPE_OPTIONS + _OTHER_OPTIONS  # every TimmBackbone option
-
-
-def unknown_options_message(unknown: Sequence[str]) -> str:
-    """The TypeError text for options TimmBackbone does not have, with close matches."""
-    parts = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, OPTIONS, n=1)
-        parts.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
-    return (f'TimmBackbone got unknown option(s) {", ".join(parts)}. Its options: '
-            f'{", ".join(OPTIONS)}; other timm.create_model arguments go in '
-            f'model_kwargs=dict(...).')
-
-
 def plan_from_config(cfg: Any) -> BackbonePlan:
     """The plan of a TimmBackbone config (see `timm_model_name` for the accepted forms)."""
     model_name = timm_model_name(cfg)
@@ -232,11 +244,11 @@ def plan_from_config(cfg: Any) -> BackbonePlan:
     unknown = [k for k in options if k not in OPTIONS]
     if unknown:
         raise TypeError(unknown_options_message(unknown))
-    shape = {k: to_plain(v) for k, v in options.items() if k in _SHAPE_OPTIONS}
+    shape = {k: to_plain(v) for k, v in options.items() if k in SHAPE_OPTIONS}
     return plan_backbone(model_name, **shape)
 
 
-def feature_specs(cfg: Any) -> Tuple[FeatureSpec, ...]:
+def feature_specs(cfg: Any) -> SpecTuple:
     """Per-output specs (channels, stride, level index, module) of a timm backbone config,
     computed without allocating weights (meta-device builds, cached). Equal to the built
     backbone's `feature_specs`.

@@ -1,28 +1,28 @@
-"""What a timm feature extractor is, read without weights: meta-device builds, their caches, and
-input-size probing. Owns `probe` (levels, output layout), `probe_input` (which input sizes run)
-and `supports_kwargs` (whether timm accepts a set of arguments).
+"""What a timm feature extractor is, read without weights: meta-device builds and input-size
+probing. Owns `probe` (levels, output layout), `probe_input` (which input sizes run),
+`supports_kwargs` (whether timm accepts a set of arguments) and `meta_model`.
 
-Results are cached per (model, arguments), failures included, so planning the same backbone twice
-never repeats a failing build. The latest meta models are kept in a small keyed cache, so
+Results are memoized per (model, arguments), failures included (`_cache.Memo`), so planning the
+same backbone twice never repeats a failing build. The latest meta models are kept too, so
 `probe_input` right after `probe` reuses the model instead of building it again.
+`clear_caches()` (`_cache.py`) empties them.
 """
 import contextlib
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 from mmengine.logging import print_log
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from ._specs import size_near
-from ._timm import check_model_name, create_features, output_format
+from ._cache import Memo, kwargs_key
+from ._meta_ops import fast_meta
+from ._specs import round_up, size_near
+from ._timm import UnsupportedOptions, check_model_name, create_features, output_format
 
 __all__ = ['Probe', 'InputRule', 'probe', 'probe_input', 'runs_at_any_size', 'has_dynamic_size',
-           'supports_kwargs', 'clear_caches', 'meta_model', 'fast_meta']
+           'supports_kwargs', 'meta_model']
 
 
 @dataclass(frozen=True)
@@ -50,218 +50,19 @@ class InputRule:
     fixed_size: Optional[Tuple[int, int]]
 
 
-_T = TypeVar('_T')
 _Key = Tuple[str, Tuple[Tuple[str, str], ...]]
-_CACHE_SIZE = 4096  # a full sweep of timm's architectures fits
-_PROBES: Dict[_Key, Union[Probe, ValueError]] = {}
-_INPUTS: Dict[_Key, Union[InputRule, ValueError]] = {}
+_SIZE = 4096  # entries per memo: a full sweep of timm's architectures fits
+_PROBES = Memo('probes', _SIZE, failures=(ValueError,))
+_INPUTS = Memo('input rules', _SIZE, failures=(ValueError,))
 # the trial-divisor part of `_INPUTS`: (rule or None, last failing size, its error)
-_ANY_SIZE: Dict[_Key, Union[Tuple[Optional[InputRule], str, str], ValueError]] = {}
-_MODELS: 'OrderedDict[_Key, nn.Module]' = OrderedDict()  # the latest meta builds
-_MODELS_KEPT = 2
+_ANY_SIZE = Memo('any-size rules', _SIZE, failures=(ValueError,))
+_MODELS = Memo('meta models', 2)  # the latest meta builds
 # candidate input divisors, as multiples of the deepest stride (windowed attention: 7, 14)
 _DIVISOR_FACTORS = (1, 2, 4, 7, 8, 14, 16)
 
 
-def clear_caches() -> None:
-    """Forget every cached probe, input rule and meta model (e.g. to time a cold plan)."""
-    _PROBES.clear()
-    _INPUTS.clear()
-    _ANY_SIZE.clear()
-    _MODELS.clear()
-
-
-def fast_meta() -> contextlib.AbstractContextManager:
-    """A context in which meta-device forwards skip torch's Python shape functions for the
-    common shape-preserving ops (see `_FastMeta`); outputs are the same as without it.
-
-    Example:
-        >>> with torch.no_grad(), fast_meta():
-        ...     out = meta_model('mobilenetv3_large_100', {})(torch.empty(1, 3, 224, 224,
-        ...                                                             device='meta'))
-    """
-    return _FastMeta()
-
-
-def _dense(t: torch.Tensor) -> bool:
-    return t.is_contiguous() or (t.dim() == 4 and
-                                 t.is_contiguous(memory_format=torch.channels_last))
-
-
-def _float_meta(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point()
-
-
-def _unary(func, args, kwargs):
-    """Elementwise op of one tensor (activations, x * scalar): output laid out as the input."""
-    x = args[0]
-    if _float_meta(x) and _dense(x) and not any(
-            isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
-        return torch.empty_like(x)
-    return NotImplemented
-
-
-def _inplace(func, args, kwargs):
-    """In-place elementwise op of one tensor: returns its input."""
-    x = args[0]
-    if _float_meta(x) and _dense(x) and not any(
-            isinstance(a, torch.Tensor) for a in list(args[1:]) + list(kwargs.values())):
-        return x
-    return NotImplemented
-
-
-def _binary(func, args, kwargs):
-    """add/sub/mul/div of two tensors of one dtype: of one shape and layout (output laid out
-    alike), or both contiguous (broadcast, contiguous output)."""
-    a, b = args[0], args[1]
-    if not (_float_meta(a) and _float_meta(b) and a.dtype == b.dtype) or any(
-            isinstance(v, torch.Tensor) for v in kwargs.values()):
-        return NotImplemented
-    if a.shape == b.shape and a.stride() == b.stride() and _dense(a):
-        return torch.empty_like(a)
-    if a.is_contiguous() and b.is_contiguous():
-        try:
-            shape = torch.broadcast_shapes(a.shape, b.shape)
-        except RuntimeError:
-            return NotImplemented  # torch raises its own error
-        return a.new_empty(shape)
-    return NotImplemented
-
-
-def _mean(func, args, kwargs):
-    """mean over dims of a contiguous tensor -> contiguous."""
-    x, dims = args[0], args[1]
-    keep = args[2] if len(args) > 2 else kwargs.get('keepdim', False)
-    if not (_float_meta(x) and x.is_contiguous() and kwargs.get('dtype') is None and
-            len(args) <= 3 and isinstance(dims, (list, tuple)) and dims):
-        return NotImplemented
-    n = x.dim()
-    if not all(isinstance(d, int) and -n <= d < n for d in dims):
-        return NotImplemented
-    picked = {d % n for d in dims}
-    if len(picked) != len(dims):
-        return NotImplemented
-    shape = [1 if i in picked else s for i, s in enumerate(x.shape) if keep or i not in picked]
-    return x.new_empty(shape)
-
-
-def _channel_vectors(x: torch.Tensor, vectors: Sequence[Any]) -> bool:
-    return all(v is None or (_float_meta(v) and v.shape == (x.shape[1],)) for v in vectors)
-
-
-def _batch_norm(func, args, kwargs):
-    """native_batch_norm(x, w, b, mean, var, training, ...) -> (out, save_mean, save_invstd)."""
-    x = args[0]
-    if _float_meta(x) and x.dim() >= 2 and _dense(x) and not kwargs and \
-            _channel_vectors(x, args[1:5]):
-        c = x.shape[1]
-        return (torch.empty_like(x), x.new_empty((c,), dtype=x.dtype),
-                x.new_empty((c,), dtype=x.dtype))
-    return NotImplemented
-
-
-def _layer_norm(func, args, kwargs):
-    """native_layer_norm(x, shape, w, b, eps) -> (out (contiguous), mean, rstd)."""
-    x, shape = args[0], tuple(args[1])
-    k = len(shape)
-    if _float_meta(x) and not kwargs and 0 < k <= x.dim() and tuple(x.shape[-k:]) == shape and \
-            all(v is None or (_float_meta(v) and tuple(v.shape) == shape) for v in args[2:4]):
-        stats = tuple(x.shape[:-k]) + (1,) * k
-        return (x.new_empty(x.shape), x.new_empty(stats), x.new_empty(stats))
-    return NotImplemented
-
-
-def _softmax(func, args, kwargs):
-    """softmax of a contiguous tensor (its output is contiguous)."""
-    x = args[0]
-    if _float_meta(x) and x.is_contiguous() and not kwargs and \
-            (len(args) < 3 or args[2] is False):
-        return torch.empty_like(x)
-    return NotImplemented
-
-
-def _addmm(func, args, kwargs):
-    """addmm(bias, m1, m2) -> contiguous (n, p)."""
-    bias, m1, m2 = args[:3]
-    if all(_float_meta(t) for t in (bias, m1, m2)) and m1.dim() == 2 and m2.dim() == 2 and \
-            m1.shape[1] == m2.shape[0] and bias.shape in ((m2.shape[1],),
-                                                          (m1.shape[0], m2.shape[1])) and \
-            len({t.dtype for t in (bias, m1, m2)}) == 1 and \
-            not any(isinstance(v, torch.Tensor) for v in kwargs.values()):
-        return m1.new_empty((m1.shape[0], m2.shape[1]))
-    return NotImplemented
-
-
-def _fast_ops() -> Dict[Any, Callable]:
-    aten = torch.ops.aten
-    table: Dict[Any, Callable] = {}
-    for name in ('gelu', 'hardswish', 'hardsigmoid', 'relu', 'leaky_relu', 'silu', 'sigmoid',
-                 'tanh', 'hardtanh', 'clamp', 'clamp_min', 'elu', 'mish', 'rsqrt', 'sqrt',
-                 'exp', 'neg', 'abs', 'erf'):
-        table[getattr(aten, name).default] = _unary
-        if hasattr(aten, name + '_'):
-            table[getattr(aten, name + '_').default] = _inplace
-    for name in ('add', 'sub', 'mul', 'div'):
-        table[getattr(aten, name).Scalar] = _unary
-        table[getattr(aten, name).Tensor] = _binary
-        table[getattr(aten, name + '_').Scalar] = _inplace
-    # weight initialisation while a model is built (trunc_normal_, kaiming_uniform_, zeros_, ...)
-    for op in (aten.normal_.default, aten.uniform_.default, aten.erfinv_.default,
-               aten.fill_.Scalar, aten.zero_.default, aten.exponential_.default,
-               aten.log_normal_.default, aten.bernoulli_.float):
-        table[op] = _inplace
-    table.update({aten.native_batch_norm.default: _batch_norm,
-                  aten._native_batch_norm_legit_no_training.default: _batch_norm,
-                  aten.native_layer_norm.default: _layer_norm,
-                  aten._softmax.default: _softmax, aten._safe_softmax.default: _softmax,
-                  aten.addmm.default: _addmm, aten.mean.dim: _mean,
-                  aten.pow.Tensor_Scalar: _unary})
-    return table
-
-
-class _FastMeta(TorchDispatchMode):
-    """Meta-device forwards without torch's Python shape functions for common ops.
-
-    torch computes the outputs of many ops on the meta device with Python reference
-    implementations (batch_norm ~1 ms, hardswish ~1.5 ms, layer_norm ~1 ms, clamp_ ~5 ms per
-    call), so meta forwards, and the weight initialisation of meta builds (trunc_normal_:
-    uniform_, erfinv_, mul_, add_, clamp_), cost more than the model's structure. For a few such
-    ops, on inputs where the result is plain (dense layouts, float tensors, matching shapes), this
-    mode makes the output directly: the same shape, dtype and strides as torch's own meta kernel
-    (in-place ops return their input, as torch's do; `tests/test_probe.py` compares them); every
-    other call, including every call that would raise, goes to torch.
-    """
-    _ops: Dict[Any, Callable] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not _FastMeta._ops:
-            _FastMeta._ops = _fast_ops()
-        handler = _FastMeta._ops.get(func)
-        if handler is not None:
-            out = handler(func, args, kwargs)
-            if out is not NotImplemented:
-                return out
-        return func(*args, **kwargs)
-
-
 def _key(model_name: str, kwargs: Dict[str, Any]) -> _Key:
-    return model_name, tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
-
-
-def _cached(cache: Dict[_Key, Any], key: _Key, compute: Callable[[], _T]) -> _T:
-    """`compute()` once per key; a ValueError is cached too and raised again on every call."""
-    if key not in cache:
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        try:
-            cache[key] = compute()
-        except ValueError as err:
-            cache[key] = err
-    found = cache[key]
-    if isinstance(found, ValueError):
-        raise found.with_traceback(None)
-    return found
+    return model_name, kwargs_key(kwargs)
 
 
 def meta_model(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
@@ -273,47 +74,22 @@ def meta_model(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
         >>> sum(p.numel() for p in meta_model('resnet18', {}).parameters())
         11176512
     """
-    key = _key(model_name, kwargs)
-    if key in _MODELS:
-        _MODELS.move_to_end(key)
-        return _MODELS[key]
+    return _MODELS.get(_key(model_name, kwargs), lambda: _build(model_name, kwargs))
+
+
+def _build(model_name: str, kwargs: Dict[str, Any]) -> nn.Module:
     try:
-        with fast_meta():  # timm initialises the weights it builds: no-ops on the meta device
-            model = create_features(model_name, kwargs, None, meta=True)
+        return create_features(model_name, kwargs, None, meta=True)
+    except UnsupportedOptions:
+        raise  # arguments the model does not take fail on every device: no CPU build
     except ValueError as meta_err:
-        # arguments the model does not take fail on every device: no CPU build for those
-        cpu = None if isinstance(meta_err.__cause__, TypeError) else _cpu_build(model_name, kwargs)
-        if cpu is None:
-            raise  # the meta build's error, with timm's error as its cause
-        model = cpu
-        print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
-                  f'from a CPU build', logger='current', level=logging.WARNING)
-    _MODELS[key] = model
-    while len(_MODELS) > _MODELS_KEPT:
-        _MODELS.popitem(last=False)
+        try:
+            model = create_features(model_name, kwargs, None, meta=False)
+        except ValueError:
+            raise meta_err  # timm's error is its cause; the CPU build's is its context
+    print_log(f'{model_name!r} does not build on the meta device; its feature metadata came '
+              f'from a CPU build', logger='current', level=logging.WARNING)
     return model
-
-
-def _cpu_build(model_name: str, kwargs: Dict[str, Any]) -> Optional[nn.Module]:
-    """A real CPU build, or None where it fails too."""
-    try:
-        return create_features(model_name, kwargs, None, meta=False)
-    except ValueError:
-        return None
-
-
-_NAMES_SEEN: set = set()  # names that passed the check
-
-
-def _check_name(model_name: str) -> None:
-    """`check_model_name`, without listing every timm name and tag for a plain architecture
-    name (timm.list_models with the exact name: ~0.5 ms instead of ~13 ms)."""
-    if model_name in _NAMES_SEEN:
-        return
-    if not (isinstance(model_name, str) and model_name.replace('_', '').isalnum() and
-            timm.list_models(model_name) == [model_name]):
-        check_model_name(model_name)  # tags, unknown names (close matches), non-strings
-    _NAMES_SEEN.add(model_name)
 
 
 def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
@@ -325,35 +101,37 @@ def probe(model_name: str, kwargs: Dict[str, Any]) -> Probe:
         kwargs: `timm.create_model` arguments from `timm_kwargs`.
 
     Raises:
-        ValueError: timm cannot build it with these arguments (the cause is chained).
+        ValueError: timm cannot build it with these arguments (`UnsupportedOptions` when timm
+            refused an argument; the cause is chained).
 
     Example:
         >>> p = probe('resnet18', timm_kwargs())
         >>> [d['reduction'] for d in p.feature_info], p.output_format
         ([2, 4, 8, 16, 32], 'NCHW')
     """
-    _check_name(model_name)
+    check_model_name(model_name)
 
     def describe() -> Probe:
         model = meta_model(model_name, kwargs)
         return Probe(tuple(dict(d) for d in model.feature_info.info), output_format(model))
 
-    return _cached(_PROBES, _key(model_name, kwargs), describe)
+    return _PROBES.get(_key(model_name, kwargs), describe)
 
 
 def supports_kwargs(model_name: str, kwargs: Dict[str, Any]) -> bool:
     """Whether timm builds `model_name` with `kwargs` as a feature extractor (meta; cached).
 
-    A build refused for its arguments (timm's `TypeError`: an argument the model does not take)
-    is a plain False. A build failing for any other reason is False too, with a warning naming
-    the cause, so a broken option set never passes for an unsupported one unnoticed.
+    A build refused for its arguments (`UnsupportedOptions`: an argument the model does not
+    take) is a plain False. A build failing for any other reason is False too, with a warning
+    naming the cause, so a broken option set never passes for an unsupported one unnoticed.
     """
     try:
         probe(model_name, kwargs)
+    except UnsupportedOptions:
+        return False
     except ValueError as err:
-        if not isinstance(err.__cause__, TypeError):
-            print_log(f'{model_name!r} failed to build with {kwargs}: {err}', logger='current',
-                      level=logging.WARNING)
+        print_log(f'{model_name!r} failed to build with {kwargs}: {err}', logger='current',
+                  level=logging.WARNING)
         return False
     return True
 
@@ -367,19 +145,38 @@ def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
         224
     """
     probe(model_name, kwargs)  # checks the name and the arguments
-    return _cached(_INPUTS, _key(model_name, kwargs),
-                   lambda: _input_rule(model_name, meta_model(model_name, kwargs), kwargs))
+    return _INPUTS.get(_key(model_name, kwargs),
+                       lambda: _input_rule(model_name, meta_model(model_name, kwargs), kwargs))
 
 
 def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
                  ) -> Union[List[Tuple[int, ...]], Exception]:
     """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or the
-    exception the model raised there (kept for the error message if no size works)."""
+    exception the model raised there (kept for the error message if no size works).
+
+    A forward failing under `fast_meta` runs again without it: if that one succeeds, the fast
+    kernels are wrong (a bug of this package), which is raised rather than read as "does not run
+    at this size".
+    """
     device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
-    fast = fast_meta() if device.type == 'meta' else contextlib.nullcontext()
+    x = torch.empty(1, in_chans, *hw, device=device)
+    if device.type != 'meta':
+        return _shapes_or_error(model, x, contextlib.nullcontext())
+    found = _shapes_or_error(model, x, fast_meta())
+    if isinstance(found, Exception) and \
+            isinstance(_shapes_or_error(model, x, contextlib.nullcontext()), list):
+        raise RuntimeError(
+            f'{type(model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but not under '
+            f"fast_meta ({type(found).__name__}: {found}): a bug in timm_backbones' fast meta "
+            f'kernels (_meta_ops.py); please report it with the model name.') from found
+    return found
+
+
+def _shapes_or_error(model: nn.Module, x: torch.Tensor, mode: Any
+                     ) -> Union[List[Tuple[int, ...]], Exception]:
     try:
-        with torch.no_grad(), fast:
-            outs = model(torch.empty(1, in_chans, *hw, device=device))
+        with torch.no_grad(), mode:
+            outs = model(x)
     except Exception as err:  # noqa: BLE001 - any failure means "not at this size"; kept
         return err
     return [tuple(o.shape) for o in outs]
@@ -425,8 +222,8 @@ def _any_size_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]
     for factor in (0,) + _DIVISOR_FACTORS:
         d = 1 if factor == 0 else deepest * factor
         # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1)
-        a = -(-320 // d) * d if d > 1 else 321
-        b = -(-416 // d) * d if d > 1 else 417
+        a = round_up(320, d) if d > 1 else 321
+        b = round_up(416, d) if d > 1 else 417
         second = (a + d * (1 if d > 1 else 64), b)
         shapes = _meta_shapes(model, (a, b), in_chans)
         shapes2 = _meta_shapes(model, second, in_chans) if isinstance(shapes, list) else shapes
@@ -447,7 +244,7 @@ def runs_at_any_size(model_name: str, kwargs: Dict[str, Any]) -> bool:
         (True, False)
     """
     probe(model_name, kwargs)  # checks the name and the arguments
-    return _cached(_ANY_SIZE, _key(model_name, kwargs), lambda: _any_size_rule(
+    return _ANY_SIZE.get(_key(model_name, kwargs), lambda: _any_size_rule(
         model_name, meta_model(model_name, kwargs), kwargs))[0] is not None
 
 
@@ -466,8 +263,8 @@ def has_dynamic_size(model_name: str, kwargs: Dict[str, Any]) -> bool:
 def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> InputRule:
     """(pad_divisor, fixed_size) from meta forwards at non-square trial sizes, else at the one
     size the model is built for."""
-    rule, *last = _cached(_ANY_SIZE, _key(model_name, kwargs),
-                          lambda: _any_size_rule(model_name, model, kwargs))
+    rule, *last = _ANY_SIZE.get(_key(model_name, kwargs),
+                                lambda: _any_size_rule(model_name, model, kwargs))
     if rule is not None:
         return rule
     in_chans = kwargs.get('in_chans', 3)

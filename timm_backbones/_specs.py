@@ -5,9 +5,11 @@ the one formatter for error messages and tables.
 A spec is plain data, immutable, one per level, kept in output order (a tuple, never a set).
 """
 from dataclasses import dataclass
+import math
 from typing import Optional, Sequence, Tuple
 
-__all__ = ['FeatureSpec', 'SpecTuple', 'format_specs', 'size_near', 'SIZE_SLACK']
+__all__ = ['FeatureSpec', 'SpecTuple', 'format_specs', 'size_near', 'SIZE_SLACK', 'round_up',
+           'check_maps']
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,41 @@ def size_near(got: int, input_size: int, stride: int) -> bool:
     """
     expected = input_size / stride
     return abs(got - expected) <= 1 + SIZE_SLACK * expected
+
+
+def check_maps(shapes: Sequence[Sequence[int]], specs: Sequence[FeatureSpec],
+               size: Tuple[int, int], what: str, exact: bool = False) -> None:
+    """Each map (an NCHW shape) has its level's channels and about input / stride pixels per
+    side (`size_near`; with `exact`, ceil(input / stride), which TimmBackbone's outputs are);
+    levels of unknown stride are checked for channels only.
+
+    Raises:
+        ValueError: Naming `what`, the map, and what was expected.
+
+    Example:
+        >>> check_maps([(1, 64, 56, 56)], [FeatureSpec(64, 4)], (224, 224), 'backbone')
+    """
+    if len(shapes) != len(specs):
+        raise ValueError(f'{what}: {len(shapes)} maps for {len(specs)} predicted levels')
+    for i, (shape, spec) in enumerate(zip(shapes, specs)):
+        expected = [math.ceil(s / spec.stride) for s in size] if spec.stride else None
+        sides = tuple(shape[2:4])
+        fits = expected is None or (list(sides) == expected if exact else all(
+            size_near(g, s, spec.stride) for g, s in zip(sides, size)))
+        if shape[1] != spec.channels or not fits:
+            raise ValueError(f'{what}: map {i} is {tuple(shape)}, expected {spec.channels} '
+                             f'channels and {"" if exact else "about "}{expected or "any size"} '
+                             f'at stride {spec.stride} for an input of {size[0]}x{size[1]}')
+
+
+def round_up(value: int, divisor: int) -> int:
+    """The smallest multiple of `divisor` that is at least `value` (padding to a divisor).
+
+    Example:
+        >>> round_up(320, 32), round_up(321, 32)
+        (320, 352)
+    """
+    return -(-value // divisor) * divisor
 
 
 def format_specs(specs: Sequence[FeatureSpec], indices: Optional[Sequence[int]] = None) -> str:

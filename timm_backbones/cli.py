@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
+from ._configs import to_list
+
 __all__ = ['main', 'build_parser', 'matrix_rows', 'describe', 'auto_changes']
 
 _MATRIX = Path(__file__).resolve().parent.parent / 'docs' / 'compatibility.csv'
@@ -45,7 +47,7 @@ def matrix_rows(path: Path = _MATRIX) -> Dict[str, Dict[str, str]]:
 
 
 def _families_in(row: Mapping[str, str]) -> List[str]:
-    from .sweep import FAMILIES
+    from .families import FAMILIES
     return [f for f in FAMILIES if f in row]
 
 
@@ -191,7 +193,7 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _cmd_config(args: argparse.Namespace, out: TextIO) -> int:
-    from .sweep import family_config_text
+    from .families import family_config_text
     try:
         out.write(family_config_text(args.detector, args.arch, pretrained=not args.no_pretrained))
     except (ValueError, TypeError, FileNotFoundError) as err:
@@ -217,20 +219,18 @@ def auto_changes(before: Any, after: Any, path: str = '') -> List[Tuple[str, Any
             len(before) == len(after) and any(isinstance(b, Mapping) for b in before):
         return [c for i, (b, a) in enumerate(zip(before, after))
                 for c in auto_changes(b, a, f'{path}[{i}]')]
-    plain = lambda v: [plain(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
-    if plain(before) != plain(after):
-        return [(path, before, plain(after))]
+    if to_list(before) != to_list(after):
+        return [(path, before, to_list(after))]
     return []
 
 
 def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
-    from mmengine.config import Config
-
-    from ._plan import feature_specs
-    from .wiring import resolve_config
     from ._configs import timm_model_name
+    from ._plan import feature_specs
+    from .engine import load_config
+    from .wiring import resolve_config
     try:
-        cfg = Config.fromfile(args.config)
+        cfg = load_config(args.config)
     except Exception as err:  # noqa: BLE001 - mmengine raises many kinds for unreadable files
         raise CliError(f'cannot read config {args.config!r}: {type(err).__name__}: {err}') \
             from err
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `timm-backbones`."""
     from mmengine.config import DictAction
 
-    from .sweep import FAMILIES
+    from .families import FAMILIES
     parser = argparse.ArgumentParser(
         prog='timm-backbones', description='Find a timm backbone for mmdet and wire it '
         '(meta device: no weights are allocated or downloaded).')
@@ -304,9 +304,11 @@ def main(argv: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> 
     from mmengine.logging import MMLogger
     out = out or sys.stdout
     args = build_parser().parse_args(None if argv is None else list(argv))
-    MMLogger.get_current_instance().setLevel(logging.ERROR)  # probe warnings are not results
     import timm_backbones  # noqa: F401  (registers the modules for `check`)
     commands = dict(list=_cmd_list, show=_cmd_show, config=_cmd_config, check=_cmd_check)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # probe warnings are not results; restored after the command
     try:
         return commands[args.command](args, out)
     except CliError as err:
@@ -314,6 +316,8 @@ def main(argv: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> 
         return 1
     except BrokenPipeError:  # `timm-backbones list | head`
         return 0
+    finally:
+        logger.setLevel(level)
 
 
 def console() -> None:

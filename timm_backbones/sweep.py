@@ -1,7 +1,7 @@
-"""Which timm architectures work in which detector: the shipped detector families as data
-(`FAMILIES`: the config `timm-backbones config DETECTOR ARCH` prints), and the check of one
-architecture in them (`check_architecture`) used by `tools/sweep.py`, the compatibility matrix
-(`docs/compatibility.csv`) and the tests.
+"""Which timm architectures work in which detector: the check of one architecture in the shipped
+detector families (`families.py`: the configs in `configs/`, as `timm-backbones config DETECTOR
+ARCH` prints them), used by `tools/sweep.py`, the compatibility matrix (`docs/compatibility.csv`)
+and the tests.
 
 A check is what a user's first run would do, on the meta device (no weights, no memory): the
 family's config with the architecture as backbone is resolved (`resolve_config`), the whole
@@ -10,235 +10,36 @@ input; every map is checked against the levels the wiring predicted. Outcomes:
 'ok'; 'rejected' (resolve_config or the backbone refused the architecture up front with a clear
 error of ours); 'failed' (anything else: a wiring bug to fix).
 """
-import copy
-import functools
 import math
 import os
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ._configs import type_name
-from ._plan import plan_backbone, plan_from_config
-from ._probe import fast_meta, supports_kwargs
-from ._specs import FeatureSpec, size_near
+from .families import (FAMILIES, DetectorFamily, configs_dir, family_backbone,
+                       family_config_text, family_model)
+from ._plan import plan_backbone
+from ._meta_ops import fast_meta, on_meta
+from ._probe import supports_kwargs
+from ._cache import Memo
+from ._specs import FeatureSpec, check_maps, round_up
 
-__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'STATUSES',
+__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'CHECK_SIZES',
+           'STATUSES',
            'FamilyResult', 'ArchResult', 'describe_architecture', 'family_backbone',
            'family_config_text', 'family_model', 'check_family', 'check_architecture',
            'is_plain', 'configs_dir', 'environment', 'check_layer_decay']
 
 DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
 STATUSES = ('ok', 'rejected', 'failed', 'timeout')
-_RGB = dict(bgr_to_rgb=True)  # caffe-style BGR bases (FCOS, ...): timm's weights take RGB
 
 
-@dataclass(frozen=True)
-class DetectorFamily:
-    """One detector family shipped in `configs/`, as the overrides of mmdet's base config that
-    make it work with any timm backbone.
-
-    Args:
-        name: Short name (`timm-backbones config NAME ARCH`).
-        title: Detector and neck, for tables.
-        base: mmdet's base config (`mmdet::...`).
-        shipped: The config in `configs/` this family follows.
-        backbone: TimmBackbone options besides model_name / pretrained.
-        model: The other model overrides (every channel and stride field `'auto'`).
-        canvas: Side of the square a fixed-size model is built for (covers the base config's
-            test scale; a multiple of 7, 14, 16 and 32).
-        size: (H, W) the check runs the detector at (non-square, within the canvas).
-
-    Example:
-        >>> FAMILIES['yolof'].backbone
-        {'out_indices': (-1,)}
-    """
-    name: str
-    title: str
-    base: str
-    shipped: str
-    backbone: Dict[str, Any]
-    model: Dict[str, Any]
-    canvas: int = 1344
-    size: Tuple[int, int] = DETECTION_SIZE
-
-
-# every preprocessor field that follows from the backbone: pad divisor and timm's normalization
-_AUTO_PAD = dict(pad_size_divisor='auto', mean='auto', std='auto')
-FAMILIES: Dict[str, DetectorFamily] = {f.name: f for f in (
-    DetectorFamily(
-        'retinanet', 'RetinaNet + FPN', 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-        'retinanet_timm-pvt-v2-b2_fpn_1x_coco.py', {},
-        dict(data_preprocessor=_AUTO_PAD, neck=dict(in_channels='auto'),
-             bbox_head=dict(anchor_generator=dict(strides='auto')))),
-    DetectorFamily(
-        'fcos', 'FCOS + FPN', 'mmdet::fcos/fcos_r50-caffe_fpn_gn-head_1x_coco.py',
-        'fcos_timm-resnet50_fpn_gn-head_1x_coco.py', {},
-        dict(data_preprocessor=dict(**_RGB, **_AUTO_PAD), neck=dict(in_channels='auto'),
-             bbox_head=dict(strides='auto'))),
-    DetectorFamily(
-        'atss', 'ATSS + FPN', 'mmdet::atss/atss_r50_fpn_1x_coco.py',
-        'atss_timm-efficientnet-b3_fpn_1x_coco.py', dict(out_indices=(-3, -2, -1)),
-        dict(data_preprocessor=_AUTO_PAD,
-             neck=dict(in_channels='auto', start_level=0, add_extra_convs='on_input'),
-             bbox_head=dict(anchor_generator=dict(strides='auto')))),
-    DetectorFamily(
-        'faster-rcnn', 'Faster R-CNN + FPN', 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
-        'faster-rcnn_timm-regnety-032_fpn_1x_coco.py', {},
-        dict(data_preprocessor=_AUTO_PAD, neck=dict(in_channels='auto'),
-             rpn_head=dict(anchor_generator=dict(strides='auto')),
-             roi_head=dict(bbox_roi_extractor=dict(featmap_strides='auto')))),
-    DetectorFamily(
-        'mask-rcnn', 'Mask R-CNN + FPN', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
-        'mask-rcnn_timm-convnext-tiny_fpn_1x_coco.py', {},
-        dict(data_preprocessor=_AUTO_PAD, neck=dict(in_channels='auto'),
-             rpn_head=dict(anchor_generator=dict(strides='auto')),
-             roi_head=dict(bbox_roi_extractor=dict(featmap_strides='auto'),
-                           mask_roi_extractor=dict(featmap_strides='auto')))),
-    DetectorFamily(
-        'cascade-rcnn', 'Cascade R-CNN + FPN',
-        'mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py',
-        'cascade-rcnn_timm-resnext50-32x4d_fpn_1x_coco.py', {},
-        dict(data_preprocessor=_AUTO_PAD, neck=dict(in_channels='auto'),
-             rpn_head=dict(anchor_generator=dict(strides='auto')),
-             roi_head=dict(bbox_roi_extractor=dict(featmap_strides='auto')))),
-    DetectorFamily(
-        'yolof', 'YOLOF + DilatedEncoder', 'mmdet::yolof/yolof_r50-c5_8xb8-1x_coco.py',
-        'yolof_timm-resnet50-c5_8xb8-1x_coco.py', dict(out_indices=(-1,)),
-        dict(data_preprocessor=dict(**_RGB, **_AUTO_PAD), neck=dict(in_channels='auto'),
-             bbox_head=dict(anchor_generator=dict(strides='auto')))),
-    DetectorFamily(
-        'dino', 'DINO + ChannelMapper', 'mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py',
-        'dino-4scale_timm-swin-tiny_8xb2-12e_coco.py', dict(out_indices=(-3, -2, -1)),
-        dict(data_preprocessor=_AUTO_PAD, neck=dict(in_channels='auto'))),
-    DetectorFamily(
-        'rtmdet', 'RTMDet + CSPNeXtPAFPN', 'mmdet::rtmdet/rtmdet_l_8xb32-300e_coco.py',
-        'rtmdet_timm-convnext-tiny_4xb32-100e_coco.py', dict(out_indices=(-3, -2, -1)),
-        dict(data_preprocessor=dict(_delete_=True, type='DetDataPreprocessor', **_RGB,
-                                    pad_size_divisor='auto', batch_augments=None),
-             neck=dict(in_channels='auto'),
-             bbox_head=dict(anchor_generator=dict(strides='auto'))),
-        canvas=672, size=(480, 640)),
-)}
 # The families of the published matrix (docs/compatibility.csv): one per neck kind.
 MATRIX_FAMILIES = ('retinanet', 'faster-rcnn', 'dino', 'yolof', 'rtmdet')
-
-
-def configs_dir() -> Path:
-    """The shipped `configs/` folder (next to the package in a source checkout).
-
-    Raises:
-        FileNotFoundError: The package was installed without its configs.
-    """
-    found = Path(__file__).resolve().parent.parent / 'configs'
-    if not (found / '_base_' / 'timm_runtime.py').is_file():
-        raise FileNotFoundError(
-            f'the shipped configs are not at {found} (timm_backbones installed without its '
-            f'source tree). Install it from a checkout (`pip install -e .`) to use them.')
-    return found
-
-
-def _family(name: str) -> DetectorFamily:
-    if name not in FAMILIES:
-        import difflib
-        close = difflib.get_close_matches(name, list(FAMILIES), n=1)
-        hint = f' Did you mean {close[0]!r}?' if close else ''
-        raise ValueError(f'unknown detector family {name!r}; the shipped families are '
-                         f'{", ".join(FAMILIES)}.{hint}')
-    return FAMILIES[name]
-
-
-def family_backbone(family: str, arch: str, pretrained: bool = True) -> Dict[str, Any]:
-    """The TimmBackbone config of `arch` in a family: the family's options, plus an input size
-    covering the family's canvas for a model that only runs at the size it is built for.
-
-    Example:
-        >>> family_backbone('dino', 'resnet18')['out_indices']
-        (-3, -2, -1)
-    """
-    spec = _family(family)
-    cfg = dict(_delete_=True, type='TimmBackbone', model_name=arch,
-               **copy.deepcopy(spec.backbone), pretrained=pretrained)
-    plain = dict(type='TimmBackbone', model_name=arch, **spec.backbone)
-    if plan_from_config(plain).fixed_size is not None:
-        cfg['input_size'] = (spec.canvas, spec.canvas)
-    return cfg
-
-
-def _py(value: Any, indent: int) -> str:
-    """A config value as Python source (dicts as `dict(...)`, one key per line when long)."""
-    if isinstance(value, Mapping):
-        items = [f'{k}={_py(v, indent + 4)}' for k, v in value.items()]
-        flat = f"dict({', '.join(items)})"
-        if len(flat) + indent <= 88:
-            return flat
-        pad = ' ' * (indent + 4)
-        return 'dict(\n' + ',\n'.join(pad + i for i in items) + ')'
-    if isinstance(value, tuple) and len(value) == 1:
-        return f'({_py(value[0], indent)},)'
-    return repr(value)
-
-
-def family_config_text(family: str, arch: str, pretrained: bool = True) -> str:
-    """A complete config (Python source) for `arch` in a shipped detector family: mmdet's base
-    config and the shipped `configs/_base_/timm_runtime.py` (absolute path, so the file works
-    wherever it is saved), and the model overrides, every channel and stride `'auto'`.
-
-    Args:
-        family: A key of `FAMILIES`.
-        arch: A timm architecture or tag.
-        pretrained: The backbone's `pretrained`.
-
-    Example:
-        >>> print(family_config_text('retinanet', 'convnext_tiny'))  # doctest: +SKIP
-    """
-    spec = _family(family)
-    backbone = family_backbone(family, arch, pretrained)
-    specs = plan_from_config({k: v for k, v in backbone.items() if k != '_delete_'}).specs
-    runtime = configs_dir() / '_base_' / 'timm_runtime.py'
-    model = dict(backbone=backbone, **copy.deepcopy(spec.model))
-    levels = ', '.join(f'{s.channels}@{s.stride}' for s in specs)
-    lines = [
-        f"# {spec.title} with timm's {arch}: `timm-backbones config {family} {arch}`",
-        f'# (set up as configs/{spec.shipped}).',
-        f'# Backbone outputs, channels@stride: {levels}.',
-        "# Fields set to 'auto' are filled from the backbone when the config is resolved",
-        '# (TimmBackboneRunner, tools/train.py, `timm-backbones check CONFIG`).',
-    ]
-    if 'input_size' in backbone:
-        lines.append(f"# {arch} only runs at the size it is built for: built for "
-                     f"{backbone['input_size']}, smaller inputs are zero-padded to it.")
-    lines += [f"_base_ = [{spec.base!r}, {str(runtime)!r}]", '',
-              f'model = {_py(model, 0)}', '']
-    return '\n'.join(lines)
-
-
-@functools.lru_cache(maxsize=None)
-def _template(family: str) -> Dict[str, Any]:
-    """The family's whole model config (mmdet base + overrides), parsed once; the backbone is
-    the only part that depends on the architecture."""
-    from mmengine.config import Config
-    text = family_config_text(family, 'resnet18', pretrained=False)
-    return Config.fromstring(text, '.py').model.to_dict()
-
-
-def family_model(family: str, arch: str) -> Dict[str, Any]:
-    """The model config `family_config_text(family, arch, pretrained=False)` gives, as a dict
-    (the base config is parsed once per family).
-
-    Example:
-        >>> family_model('yolof', 'resnet18')['neck']['type']
-        'DilatedEncoder'
-    """
-    model = copy.deepcopy(_template(family))
-    backbone = family_backbone(family, arch, pretrained=False)
-    backbone.pop('_delete_')
-    model['backbone'] = backbone
-    return model
+# (H, W) a family's check runs the detector at (non-square, within the family's canvas)
+CHECK_SIZES = {'rtmdet': (480, 640)}
 
 
 @dataclass
@@ -294,30 +95,11 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:400] if text else type(err).__name__
 
 
-def _check_maps(maps: Sequence[torch.Tensor], levels: Sequence[FeatureSpec],
-                size: Tuple[int, int], what: str) -> None:
-    """Each map has its level's channels and about input / stride pixels per side."""
-    if len(maps) != len(levels):
-        raise AssertionError(f'{what}: {len(maps)} maps for {len(levels)} predicted levels')
-    for out, level in zip(maps, levels):
-        ok = out.shape[1] == level.channels and (level.stride is None or all(
-            size_near(g, s, level.stride) for g, s in zip(out.shape[2:], size)))
-        if not ok:
-            expect = [math.ceil(s / level.stride) for s in size] if level.stride else '?'
-            raise AssertionError(f'{what}: got {tuple(out.shape)}, expected {level.channels} '
-                                 f'channels and about {expect} at stride {level.stride}')
-
-
 def _neck_levels(model: Mapping[str, Any]) -> Tuple[FeatureSpec, ...]:
     """The levels the neck table predicts for the model's neck(s)."""
-    from .wiring import NECKS
     from ._plan import feature_specs
-    levels = feature_specs(model['backbone'])
-    necks = model.get('neck')
-    for i, cfg in enumerate(necks if isinstance(necks, (list, tuple)) else [necks]):
-        if cfg is not None:
-            levels = NECKS[type_name(cfg)].outputs(cfg, levels, f'model.neck[{i}]')
-    return levels
+    from .wiring import neck_levels
+    return neck_levels(model, feature_specs(model['backbone']))
 
 
 def _run_heads(detector: torch.nn.Module, feats: Sequence[torch.Tensor]) -> None:
@@ -360,14 +142,14 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
     try:
         init_default_scope('mmdet')
         detector, maps = _detector(model_cfg)
-        size = size or FAMILIES[family].size
+        size = size or CHECK_SIZES.get(family, DETECTION_SIZE)
         divisor = model_cfg['data_preprocessor'].get('pad_size_divisor', 1)
-        padded = tuple(-(-s // divisor) * divisor for s in size)
+        padded = tuple(round_up(s, divisor) for s in size)
         with torch.no_grad(), fast_meta():
             if padded not in maps:  # the backbone's maps, shared by families with its config
                 maps[padded] = detector.backbone(torch.empty(1, 3, *padded, device='meta'))
             feats = detector.neck(maps[padded]) if detector.with_neck else maps[padded]
-            _check_maps(feats, levels, padded, f'{family} neck')
+            check_maps([f.shape for f in feats], levels, padded, f'{family} neck')
             _run_heads(detector, feats)
     except Exception as err:  # noqa: BLE001 - the matrix records every failure with its reason
         return FamilyResult('failed', _first_line(err))
@@ -377,9 +159,8 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
 # Meta-device detectors by their config less the backbone, and the current architecture's
 # backbones by config (with their output maps by input size): families and architectures that
 # share a neck/head config or a backbone config build it once.
-_DETECTORS: 'OrderedDict[str, torch.nn.Module]' = OrderedDict()
-_DETECTORS_KEPT = 64
-_BACKBONES: Dict[str, Tuple[torch.nn.Module, Dict[Tuple[int, ...], Any]]] = {}
+_DETECTORS = Memo('sweep detectors', 64)
+_BACKBONES = Memo('sweep backbones', 64)
 
 
 def _detector(model_cfg: Dict[str, Any]) -> Tuple[torch.nn.Module, Dict[Tuple[int, ...], Any]]:
@@ -390,18 +171,17 @@ def _detector(model_cfg: Dict[str, Any]) -> Tuple[torch.nn.Module, Dict[Tuple[in
     from mmdet.registry import MODELS
     key = repr({k: v for k, v in model_cfg.items() if k != 'backbone'})
     backbone_key = repr(model_cfg['backbone'])
-    with torch.device('meta'), fast_meta():
-        detector = _DETECTORS.get(key)
-        if detector is None:
-            detector = MODELS.build(ConfigDict(model_cfg)).eval()
-            _BACKBONES.setdefault(backbone_key, (detector.backbone, {}))
-            _DETECTORS[key] = detector
-            while len(_DETECTORS) > _DETECTORS_KEPT:
-                _DETECTORS.popitem(last=False)
-        elif backbone_key not in _BACKBONES:
-            _BACKBONES[backbone_key] = (MODELS.build(ConfigDict(model_cfg['backbone'])).eval(),
-                                        {})
-    backbone, maps = _BACKBONES[backbone_key]
+    built = []
+
+    def build() -> torch.nn.Module:
+        built.append(True)
+        return MODELS.build(ConfigDict(model_cfg)).eval()
+
+    with on_meta():
+        detector = _DETECTORS.get(key, build)
+        backbone, maps = _BACKBONES.get(backbone_key, lambda: (  # a new detector's own backbone
+            detector.backbone if built else
+            MODELS.build(ConfigDict(model_cfg['backbone'])).eval(), {}))
     detector.backbone = backbone
     return detector, maps
 
@@ -503,7 +283,7 @@ def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:
     from ._backbone import TimmBackbone
     from .engine import NoGroupMatcherError, layer_decay_settings
     try:
-        with torch.device('meta'):
+        with on_meta():
             backbone = TimmBackbone(name)
     except (ValueError, TypeError) as err:
         return 'rejected', f'{type(err).__name__}: {err}'

@@ -1,24 +1,69 @@
-"""Building detectors from configs with timm backbones, for inference and scripts:
-`build_detector` (resolve + build) and `init_detector` (mmdet's `init_detector`, resolved, with
-weights-only checkpoint loading and SyncBN reverted without losing timm's fused activations).
+"""Building detectors from configs with timm backbones, on every route.
+
+- `install_resolving_build(registry)`: the registry's `build` resolves detector configs
+  (`resolve_config`) before building them. Installed on mmengine's and mmdet's `MODELS` when the
+  package is imported, so every entry point that builds `MODELS.build(cfg.model)` (mmdet's
+  `init_detector`, `DetInferencer`, `tools/analysis_tools/get_flops.py`, `benchmark.py`,
+  mmengine's runners) builds the same resolved model as `TimmBackboneRunner`, and a wrong
+  explicit value fails with the same error, with nothing but the configs' `custom_imports`.
+- `build_detector` (resolve, build, `init_weights()`) and `init_detector` (mmdet's
+  `init_detector` with weights-only, verified checkpoint loading and SyncBN reverted without
+  losing timm's fused activations), for scripts.
 """
 import copy
+import functools
+import logging
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import DATASETS
+from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.config import Config, ConfigDict
-from mmengine.registry import init_default_scope
+from mmengine.logging import MMLogger
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import Registry, init_default_scope
 from torch import nn
 
-from .._checkpoint import load_verified, read_checkpoint, state_dict_from
-from .._configs import timm_model_name
 from .._norms import revert_sync_batchnorm
-from ..wiring import resolve_config
-from ._runner import CHECKPOINT_ADVICE
+from .._configs import timm_model_name
+from .._weights import load_detector_checkpoint
+from ..wiring import has_timm_backbone, resolve_config
 
-__all__ = ['build_detector', 'init_detector', 'load_config']
+__all__ = ['build_detector', 'init_detector', 'load_config', 'install_resolving_build']
+
+
+def _resolving(build_func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(build_func)
+    def build(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(cfg, (Config, Mapping)) and has_timm_backbone(cfg):
+            cfg = resolve_config(cfg)
+        return build_func(cfg, *args, **kwargs)
+    build.resolves_timm_backbones = True  # type: ignore[attr-defined]
+    return build
+
+
+def install_resolving_build(registry: Registry) -> None:
+    """Make `registry.build` resolve configs of models with timm backbones (`resolve_config`)
+    before building them; other configs build as before. Idempotent.
+
+    mmengine registries build through their `build_func`, which a registry takes from its parent
+    when it is created: mmengine's root `MODELS` and mmdet's `MODELS` get this when the package is
+    imported; a downstream package's registry (e.g. mmseg's) can be given it the same way.
+
+    Args:
+        registry: A models registry.
+
+    Example:
+        >>> install_resolving_build(mmdet.registry.MODELS)
+        >>> detector = MODELS.build(Config.fromfile(path).model)  # 'auto' fields filled
+    """
+    if not getattr(registry.build_func, 'resolves_timm_backbones', False):
+        registry.build_func = _resolving(registry.build_func)
+
+
+for _registry in (ROOT_MODELS, MMDET_MODELS):
+    install_resolving_build(_registry)
 
 ConfigType = Union[str, Path, Config]
 
@@ -41,14 +86,16 @@ def load_config(path: Union[str, Path]) -> Config:
                           (where, err.lineno, err.offset, err.text)) from err
 
 
-def build_detector(cfg: Union[Config, Mapping]) -> nn.Module:
-    """Resolve a config (`'auto'` channels and strides from its timm backbone) and build its model.
-
-    Weights are as built: timm backbones load their `pretrained` weights while being built;
-    nothing calls `init_weights()` (a training runner does, `init_detector` loads a checkpoint).
+def build_detector(cfg: Union[Config, Mapping], init_weights: bool = True) -> nn.Module:
+    """Resolve a config (`'auto'` channels and strides from its timm backbone), build its model
+    and initialize it (`init_weights()`, as a training runner does: mmdet creates some parameters
+    uninitialized, e.g. DETR's `level_embed`; timm backbones keep their `pretrained` weights,
+    loaded while they are built, and load their `init_cfg` checkpoints).
 
     Args:
         cfg: A whole config (`Config`, or a dict with a `model` key) or a model config dict.
+        init_weights: False leaves the weights as built (some uninitialized), e.g. to load a
+            checkpoint over them.
 
     Returns:
         The model, in training mode as built.
@@ -65,7 +112,22 @@ def build_detector(cfg: Union[Config, Mapping]) -> nn.Module:
     scope = resolved.get('default_scope', 'mmdet') if whole else 'mmdet'
     if scope is not None:
         init_default_scope(scope)
-    return MODELS.build(resolved['model'] if whole else resolved)
+    model = MMDET_MODELS.build(resolved['model'] if whole else resolved)
+    if init_weights:
+        _init_weights_quietly(model)
+    return model
+
+
+def _init_weights_quietly(model: nn.Module) -> None:
+    """`model.init_weights()`. Outside a runner (no log file) mmengine logs one INFO record per
+    parameter ("Initialized by ..."); scripts get warnings only."""
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
 
 
 def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: str = 'cpu',
@@ -73,7 +135,8 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
     """A detector ready for inference: mmdet's `init_detector` for configs with timm backbones.
 
     The config is resolved, timm backbones are built without their `pretrained` weights (the
-    checkpoint replaces them; like mmdet, which drops the backbone's `init_cfg`), sync norms are
+    checkpoint replaces them; like mmdet, which drops the backbone's `init_cfg`), without a
+    checkpoint the model is initialized (`init_weights()`), sync norms are
     reverted to batch norms keeping timm's fused activations, and the checkpoint is loaded
     weights-only (see `checkpoint_loading`: a file holding other objects fails with a message
     saying how to proceed) and verified: loaded/total backbone tensors are logged, and a
@@ -81,7 +144,7 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
 
     Args:
         config: Config file path or `Config` (not modified).
-        checkpoint: Checkpoint file or URL; None leaves the weights random.
+        checkpoint: Checkpoint file or URL; None: initialized weights (random, timm's init).
         device: Device to put the model on.
         cfg_options: Overrides merged into the config first (as `--cfg-options`).
 
@@ -104,13 +167,10 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
         cfg.merge_from_dict(cfg_options)
     _without_pretrained(cfg)
     cfg = resolve_config(cfg)
-    model = revert_sync_batchnorm(build_detector(cfg))
+    model = revert_sync_batchnorm(build_detector(cfg, init_weights=checkpoint is None))
     meta: dict = {}
     if checkpoint is not None:
-        loaded = read_checkpoint(checkpoint)
-        load_verified(model, state_dict_from(loaded, checkpoint), 'the detector', checkpoint,
-                      scope='backbone.', advice=CHECKPOINT_ADVICE)
-        meta = loaded.get('meta', {}) if isinstance(loaded, dict) else {}
+        meta = load_detector_checkpoint(model, checkpoint).get('meta', {})
     if 'dataset_meta' in meta:
         model.dataset_meta = {k.lower(): v for k, v in meta['dataset_meta'].items()}
     else:

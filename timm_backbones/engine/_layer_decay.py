@@ -16,7 +16,6 @@ The constructor builds on mmengine's `DefaultOptimWrapperConstructor`, so `custo
 `norm_decay_mult`, `bias_decay_mult`, ... compose with it: the layer scale multiplies whatever lr
 they give, and timm's no-decay parameters get weight_decay 0.
 """
-import functools
 import logging
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -29,6 +28,9 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from .._backbone import TimmBackbone
+from .._cache import Memo, kwargs_key
+from .._meta_ops import on_meta
+from .._names import full_name
 
 __all__ = ['TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'LayerSetting',
            'NoGroupMatcherError']
@@ -43,14 +45,21 @@ class NoGroupMatcherError(ValueError):
     """The timm model has no `group_matcher`: its layers, and so layer decay, are unknown."""
 
 
-@functools.lru_cache(maxsize=64)
-def _full_model_settings(model_name: str, kwargs_items: Tuple[Tuple[str, Any], ...],
-                         rate: float) -> Dict[str, Tuple[LayerSetting, torch.Size]]:
+_SETTINGS = Memo('layer-decay settings', 64)
+
+
+def _full_model_settings(model_name: str, kwargs: Dict[str, Any], rate: float
+                         ) -> Dict[str, Tuple[LayerSetting, torch.Size]]:
     """timm's layer-decay settings (and the shape) by parameter name of the full model (meta
     device, cached)."""
-    kwargs = dict(kwargs_items)
+    return _SETTINGS.get((model_name, kwargs_key(kwargs), rate),
+                         lambda: _read_settings(model_name, kwargs, rate))
+
+
+def _read_settings(model_name: str, kwargs: Dict[str, Any], rate: float
+                   ) -> Dict[str, Tuple[LayerSetting, torch.Size]]:
     try:
-        with torch.device('meta'):
+        with on_meta():
             full = timm.create_model(model_name, **kwargs)
             if getattr(full, 'num_classes', None) == 0:  # a headless tag (e.g. '.mae')
                 full = timm.create_model(model_name, **dict(kwargs, num_classes=_HEAD_CLASSES))
@@ -81,30 +90,13 @@ def _full_model_settings(model_name: str, kwargs_items: Tuple[Tuple[str, Any], .
     return {n: (by_id[id(p)], p.shape) for n, p in full.named_parameters()}
 
 
-def _flattened(name: str) -> List[str]:
-    """The spellings a feature wrapper may give a full-model parameter name: as is, and with the
-    first two parts joined (timm's `flatten_sequential`: `stages.0.x` -> `stages_0.x`)."""
-    head, _, rest = name.partition('.')
-    names = [name]
-    if '.' in rest:
-        names.append(f'{head}_{rest}')
-    return names
-
-
 def _map_names(model_name: str, wrapper: nn.Module, full_shapes: Dict[str, torch.Size]
                ) -> Dict[str, str]:
-    """Wrapper parameter name -> full-model parameter name. The wrapper keeps the model under a
-    prefix (`model.`, `body.`) or flattens sequential containers; leading parts are dropped until
-    a spelling of a full-model name matches (with the same shape)."""
-    spellings: Dict[str, str] = {}
-    for full in full_shapes:
-        for spelling in _flattened(full):
-            spellings.setdefault(spelling, full)
+    """Wrapper parameter name -> full-model parameter name of the same shape
+    (`_names.full_name`: wrapper prefixes dropped, flattened containers unflattened)."""
     found = {}
     for name, param in wrapper.named_parameters():
-        parts = name.split('.')
-        match = next((spellings[s] for s in ('.'.join(parts[i:]) for i in range(len(parts)))
-                      if s in spellings and full_shapes[spellings[s]] == param.shape), None)
+        match = full_name(name, lambda n: full_shapes.get(n) == param.shape)
         if match is None:
             raise RuntimeError(
                 f'layer decay: the parameter {name!r} of the timm feature extractor for '
@@ -134,19 +126,10 @@ def layer_decay_settings(backbone: TimmBackbone, rate: float) -> Dict[str, Layer
         >>> settings['model.stem_0.weight'], settings['model.stages_3.blocks.1.mlp.fc2.bias']
         ((0.0549..., True), (0.8, False))
     """
-    kwargs = tuple(sorted((k, _hashable(v)) for k, v in backbone.plan.kwargs.items()))
-    by_full = _full_model_settings(backbone.model_name, kwargs, float(rate))
+    by_full = _full_model_settings(backbone.model_name, backbone.plan.kwargs, float(rate))
     names = _map_names(backbone.model_name, backbone.model,
                        {n: shape for n, (_, shape) in by_full.items()})
     return {f'model.{n}': by_full[full][0] for n, full in names.items()}
-
-
-def _hashable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
-    return value
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -8,8 +8,10 @@ wrong for timm models:
   `runner_type='mmdet.TimmBackboneRunner'`), and the config dumped to the work dir is the resolved
   one.
 - SyncBN keeps timm's fused activations (`_norms.py`).
-- Checkpoints load with `torch.load(weights_only=True)` (`_checkpoint.py`), and `load_from`
-  reports how many backbone tensors it loaded (an error when too few matched).
+- Checkpoints are written in tensors and plain containers (`to_plain_checkpoint`), so any
+  weights-only reader loads them (mmdet's `DetInferencer(weights=...)` before any plugin is
+  imported); they load weights-only, and `load_from` reports how many backbone tensors it
+  loaded (an error when too few matched, `_weights.py`).
 - With `sample_seeding=True` (set by `configs/_base_/timm_runtime.py`) the training dataloader
   seeds each sample's augmentation from (seed, epoch, sample index) (`engine/_seeding.py`): resume
   is exact and results do not depend on the number of workers.
@@ -34,21 +36,14 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._checkpoint import (check_checkpoint_file, checkpoint_loading, state_dict_from,
-                           verify_state_dict)
-from ._seeding import per_sample_seed_dataloader
+from .._checkpoint import (check_checkpoint_file, checkpoint_loading, from_plain_checkpoint,
+                           to_plain_checkpoint)
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
+from .._weights import verify_detector_checkpoint
 from ..wiring import resolve_config
+from ._seeding import per_sample_seed_dataloader
 
 __all__ = ['TimmBackboneRunner']
-
-
-# What a whole-model checkpoint must be, and where backbone-only weights go instead.
-CHECKPOINT_ADVICE = (
-    'A detector checkpoint (load_from, init_detector, tools/test.py) is one written by training '
-    "this model (work_dirs/.../epoch_N.pth). Backbone weights alone go in the backbone's config: "
-    "a timm model's weights as model.backbone.pretrained='/path', a TimmBackbone checkpoint as "
-    "model.backbone.init_cfg=dict(type='Pretrained', checkpoint='/path').")
 
 
 @RUNNERS.register_module()
@@ -65,7 +60,8 @@ class TimmBackboneRunner(Runner):
     Differences from `Runner`:
         - `from_cfg` resolves the config (`resolve_config`: `'auto'` channels and strides are
           filled from the timm backbone, wrong explicit values fail) before anything is built;
-          `build_model` resolves model dicts passed directly.
+          model dicts passed directly are resolved when the registry builds them (as on every
+          route, see `engine/_api.py`).
         - `wrap_model`: without a distributed launcher, sync norms are reverted (timm's
           `SyncBatchNormAct` to `BatchNormAct2d`, activation kept); with one, `sync_bn='torch'`
           or `'mmcv'` converts batch norms with `convert_sync_batchnorm` (timm's converter for
@@ -74,7 +70,8 @@ class TimmBackboneRunner(Runner):
           `ValueError` then says which option to drop.
         - `setup_env`: with `launcher='pytorch'` and no CUDA, the process group uses gloo
           (mmengine would call `torch.cuda.set_device` and use nccl).
-        - `load_checkpoint` / `resume` load weights-only (see `checkpoint_loading`).
+        - `load_checkpoint` / `resume` load weights-only (see `checkpoint_loading`);
+          `save_checkpoint` writes tensors and plain containers only (`to_plain_checkpoint`).
 
     Example:
         >>> cfg = Config.fromfile('configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py')
@@ -90,12 +87,6 @@ class TimmBackboneRunner(Runner):
             cfg: The whole config (as for `Runner.from_cfg`); it is not modified.
         """
         return super().from_cfg(_with_sample_seeding(resolve_config(cfg)))
-
-    def build_model(self, model: Union[nn.Module, Dict]) -> nn.Module:
-        """Build a model from a (resolved on the fly) config dict, or return a module as is."""
-        if isinstance(model, dict):
-            model = resolve_config(model)
-        return super().build_model(model)
 
     def setup_env(self, env_cfg: Dict) -> None:
         """mmengine's `setup_env`; with `launcher='pytorch'` and no CUDA, gloo on CPUs."""
@@ -147,12 +138,17 @@ class TimmBackboneRunner(Runner):
         names when fewer than half of the backbone's tensors matched."""
         check_checkpoint_file(filename)
         with checkpoint_loading(filename):
-            checkpoint = super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = from_plain_checkpoint(super().load_checkpoint(filename, *args, **kwargs))
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        scope = 'backbone.' if any(k.startswith('backbone.') for k in model.state_dict()) else ''
-        verify_state_dict(model, state_dict_from(checkpoint, filename), 'the model', filename,
-                          scope=scope, advice=CHECKPOINT_ADVICE)
+        verify_detector_checkpoint(model, checkpoint, filename)
         return checkpoint
+
+    def call_hook(self, fn_name: str, **kwargs: Any) -> None:
+        """mmengine's `call_hook`; after every hook's `before_save_checkpoint`, the checkpoint
+        is turned into tensors and plain containers (`to_plain_checkpoint`)."""
+        super().call_hook(fn_name, **kwargs)
+        if fn_name == 'before_save_checkpoint':
+            to_plain_checkpoint(kwargs['checkpoint'])
 
     def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
         """`Runner.resume`, weights-only (see `checkpoint_loading`)."""

@@ -2,8 +2,8 @@
 from its timm backbone. The neck rules (`_necks.py`) and head rules (`_heads.py`) are data; the
 resolution that applies them is `_resolve.py`.
 """
-from ._necks import NECKS, NeckRule, supported_necks
+from ._necks import NECKS, NeckRule, neck_configs, neck_levels, supported_necks
 from ._resolve import AUTO, has_timm_backbone, resolve_config
 
 __all__ = ['resolve_config', 'has_timm_backbone', 'AUTO', 'NECKS', 'NeckRule',
-           'supported_necks']
+           'supported_necks', 'neck_configs', 'neck_levels']

@@ -11,12 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .._configs import type_name
-from .._specs import FeatureSpec, format_specs
+from .._specs import FeatureSpec, SpecTuple, format_specs
 
-__all__ = ['NeckRule', 'NECKS', 'supported_necks']
-
-
-Levels = Tuple[FeatureSpec, ...]
+__all__ = ['NeckRule', 'NECKS', 'supported_necks', 'neck_configs', 'neck_levels']
 
 
 @dataclass(frozen=True)
@@ -42,10 +39,10 @@ class NeckRule:
         >>> [lv.stride for lv in NECKS['FPN'].outputs(fpn, levels, 'model.neck')]
         [8, 16, 32, 64, 128]
     """
-    inputs: Callable[[Mapping, Levels, str], Dict[str, Any]]
-    outputs: Callable[[Mapping, Levels, str], Levels]
+    inputs: Callable[[Mapping, SpecTuple, str], Dict[str, Any]]
+    outputs: Callable[[Mapping, SpecTuple, str], SpecTuple]
     follows: Mapping[str, str] = field(default_factory=dict)
-    reads: Optional[Callable[[Mapping, Levels, str], Tuple[int, ...]]] = None
+    reads: Optional[Callable[[Mapping, SpecTuple, str], Tuple[int, ...]]] = None
 
 
 def supported_necks() -> Tuple[str, ...]:
@@ -136,11 +133,11 @@ def _extras(last_stride: Optional[int], channels: int, count: int) -> List[Featu
     return [FeatureSpec(channels, _doubled(last_stride, i + 1), extra=True) for i in range(count)]
 
 
-def _list_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _list_input(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     return {'in_channels': _channels(levels)}
 
 
-def _used_range(cfg: Mapping, levels: Levels, where: str,
+def _used_range(cfg: Mapping, levels: SpecTuple, where: str,
                 default_start: int = 0) -> Tuple[int, int, int]:
     """(start, stop, num_outs) the way FPN-style necks read start_level/end_level/num_outs."""
     n = len(levels)
@@ -166,20 +163,20 @@ def _used_range(cfg: Mapping, levels: Levels, where: str,
     return start, stop, num_outs
 
 
-def _fpn_reads(cfg: Mapping, levels: Levels, where: str) -> Tuple[int, ...]:
+def _fpn_reads(cfg: Mapping, levels: SpecTuple, where: str) -> Tuple[int, ...]:
     start, stop, _ = _used_range(cfg, levels, where)
     return tuple(range(start, stop))
 
 
-def _last_read(cfg: Mapping, levels: Levels, where: str) -> Tuple[int, ...]:
+def _last_read(cfg: Mapping, levels: SpecTuple, where: str) -> Tuple[int, ...]:
     return (len(levels) - 1,)
 
 
 def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
-                 ) -> Callable[[Mapping, Levels, str], Levels]:
+                 ) -> Callable[[Mapping, SpecTuple, str], SpecTuple]:
     """Outputs of FPN-style necks: levels start..end (inclusive) at out_channels, then
     `num_outs - used` extra levels, each halving the previous one."""
-    def outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+    def outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
         start, stop, num_outs = _used_range(cfg, levels, where, default_start)
         used = levels[start:stop]
         _check_increasing(used, where, type_name(cfg), levels)
@@ -194,7 +191,7 @@ def _fpn_outputs(doubling: Optional[str] = None, default_start: int = 0
     return outputs
 
 
-def _nasfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _nasfpn_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     outs = _fpn_outputs()(cfg, levels, where)
     if len(outs) != 5:
         raise _fail(where, f'NASFPN always returns 5 levels (P3-P7), so num_outs must be 5, got '
@@ -202,7 +199,7 @@ def _nasfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     return outs
 
 
-def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _nasfcos_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     # forward: three adapted levels feed fixed cells; outputs are resized to inputs[1..3]
     start, stop, num_outs = _used_range(cfg, levels, where, default_start=1)
     if stop - start != 3 or len(levels) < 4:
@@ -217,7 +214,7 @@ def _nasfcos_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                  + _extras(sized_like[-1].stride, out_channels, num_outs - 3))
 
 
-def _channel_mapper_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _channel_mapper_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     _check_increasing(levels, where, 'ChannelMapper', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     num_outs = len(levels) if cfg.get('num_outs') is None else \
@@ -226,7 +223,7 @@ def _channel_mapper_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                  + _extras(levels[-1].stride, out_channels, max(0, num_outs - len(levels))))
 
 
-def _hrfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _hrfpn_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     # forward: input i is upsampled by 2**i to level 0, fused, then pooled by 2**i per output
     _check_doubling(levels, where, 'HRFPN', 'upsamples input i by 2**i onto input 0', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
@@ -237,7 +234,7 @@ def _hrfpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                  for i in range(num_outs))
 
 
-def _bfp_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _bfp_inputs(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     channels = _uniform_channels(levels, where, 'BFP')
     refine_level = _int_option(cfg, 'refine_level', 2, where)
     if not 0 <= refine_level < len(levels):
@@ -246,22 +243,22 @@ def _bfp_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
     return {'in_channels': channels, 'num_levels': len(levels)}
 
 
-def _same_levels(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _same_levels(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     return tuple(levels)
 
 
-def _csp_pafpn_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _csp_pafpn_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     _check_doubling(levels, where, type_name(cfg), 'upsamples by 2 and concatenates', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     return tuple(FeatureSpec(out_channels, lv.stride) for lv in levels)
 
 
-def _yolov3_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _yolov3_inputs(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     # forward starts from feats[-1] with in_channels[0]: deepest level first
     return {'num_scales': len(levels), 'in_channels': _channels(levels)[::-1]}
 
 
-def _yolov3_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _yolov3_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     _check_doubling(levels, where, 'YOLOV3Neck', 'upsamples by 2 and concatenates', levels)
     out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
     return tuple(FeatureSpec(c, lv.stride) for c, lv in zip(out_channels, levels[::-1]))
@@ -276,7 +273,7 @@ def _ssd_extra_count(cfg: Mapping, where: str) -> int:
     return len(strides)
 
 
-def _ssd_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _ssd_inputs(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     fields: Dict[str, Any] = {'in_channels': _channels(levels)}
     out_channels = cfg.get('out_channels')
     if isinstance(out_channels, (list, tuple)):
@@ -289,7 +286,7 @@ def _ssd_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
     return fields
 
 
-def _ssd_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _ssd_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     # Extra levels end at a few pixels, where a strided conv's ceil / an unpadded conv's border
     # makes input_size / map_size differ from any nominal stride: SSD configs write the measured
     # ratio (e.g. 107, 160, 320 at 320 px), so these strides are left to the config.
@@ -299,17 +296,17 @@ def _ssd_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
                                  for c in out_channels[len(out_channels) - count:]])
 
 
-def _last_input(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _last_input(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     return {'in_channels': levels[-1].channels}
 
 
-def _dilated_encoder_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _dilated_encoder_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     # forward uses feature[-1] only
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
     return (FeatureSpec(out_channels, levels[-1].stride),)
 
 
-def _ct_resnet_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _ct_resnet_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     # forward: x[-1] through (conv, deconv stride 2) per entry of num_deconv_filters
     filters = cfg.get('num_deconv_filters')
     if not isinstance(filters, (list, tuple)) or not filters:
@@ -320,20 +317,20 @@ def _ct_resnet_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
     return (FeatureSpec(int(filters[-1]), stride // 2 ** times if exact else None),)
 
 
-def _ssh_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _ssh_inputs(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     return {'num_scales': len(levels), 'in_channels': _channels(levels)}
 
 
-def _ssh_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _ssh_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     out_channels = _int_list_option(cfg, 'out_channels', len(levels), where, levels)
     return tuple(FeatureSpec(c, lv.stride) for c, lv in zip(out_channels, levels))
 
 
-def _dyhead_inputs(cfg: Mapping, levels: Levels, where: str) -> Dict[str, Any]:
+def _dyhead_inputs(cfg: Mapping, levels: SpecTuple, where: str) -> Dict[str, Any]:
     return {'in_channels': _uniform_channels(levels, where, 'DyHead')}
 
 
-def _dyhead_outputs(cfg: Mapping, levels: Levels, where: str) -> Levels:
+def _dyhead_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     _check_doubling(levels, where, 'DyHead', 'fuses each level with a stride-2 conv of the '
                     'level before', levels)
     out_channels = _int_option(cfg, 'out_channels', _REQUIRED, where)
@@ -371,3 +368,33 @@ NECKS: Dict[str, NeckRule] = {
     'DilatedEncoder': NeckRule(_last_input, _dilated_encoder_outputs, reads=_last_read),
     'CTResNetNeck': NeckRule(_last_input, _ct_resnet_outputs, reads=_last_read),
 }
+
+
+def neck_configs(model: Mapping[str, Any], path: str = 'model') -> List[Tuple[str, Mapping]]:
+    """(config path, config) of each neck of a detector config, in order (a neck list is a
+    chain; no neck: empty).
+
+    Example:
+        >>> neck_configs(dict(neck=dict(type='FPN')))
+        [('model.neck', {'type': 'FPN'})]
+    """
+    necks = model.get('neck')
+    if isinstance(necks, (list, tuple)):
+        return [(f'{path}.neck[{i}]', n) for i, n in enumerate(necks) if isinstance(n, Mapping)]
+    return [(f'{path}.neck', necks)] if isinstance(necks, Mapping) else []
+
+
+def neck_levels(model: Mapping[str, Any], levels: SpecTuple) -> SpecTuple:
+    """The levels the neck chain of a (resolved) detector config returns when fed `levels`
+    (the backbone's specs), from the table above.
+
+    Example:
+        >>> model = dict(neck=dict(type='FPN', in_channels=[128, 256, 512], out_channels=256,
+        ...                        num_outs=5))
+        >>> [lv.stride for lv in neck_levels(model, feature_specs(dict(type='timm.resnet18',
+        ...                                                            out_indices=(2, 3, 4))))]
+        [8, 16, 32, 64, 128]
+    """
+    for where, cfg in neck_configs(model):
+        levels = NECKS[type_name(cfg)].outputs(cfg, levels, where)
+    return levels

@@ -13,10 +13,9 @@ import logging
 import math
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from mmengine.logging import print_log
-
-from .._configs import AUTO, timm_model_name, to_plain, type_name
-from .._plan import plan_from_config
+from .._configs import AUTO, is_auto, is_int, set_logged, timm_model_name, to_plain, type_name
+from .._plan import BackbonePlan, plan_from_config
+from .._specs import round_up
 
 __all__ = ['largest_image', 'resolve_input_size', 'SIZE_PRESERVING']
 
@@ -134,7 +133,7 @@ def _step(bound: Optional[Size], t: Mapping, where: str) -> Optional[Size]:
         if t.get('size_divisor'):
             d = int(t['size_divisor'])
             h, w = _need(bound, 'Pad(size_divisor=...)')
-            bound = (-(-h // d) * d, -(-w // d) * d)
+            bound = (round_up(h, d), round_up(w, d))
         return bound
     if kind in ('Mosaic', 'CachedMosaic'):
         w, h = _pairs(t.get('img_scale', (640, 640)))[0]
@@ -235,12 +234,12 @@ def largest_image(cfg: Mapping, preprocessor: Optional[Mapping] = None) -> Size:
             raise _Unreadable(f'batch augment {type_name(aug)!r} may change the image size in a '
                               f'way not known here')
     divisor = pre.get('pad_size_divisor', 1)
-    if isinstance(divisor, int) and divisor > 1:
-        bound = (-(-bound[0] // divisor) * divisor, -(-bound[1] // divisor) * divisor)
+    if is_int(divisor) and divisor > 1:
+        bound = (round_up(bound[0], divisor), round_up(bound[1], divisor))
     return bound
 
 
-def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> None:
+def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> Optional[BackbonePlan]:
     """`backbone.input_size='auto'` (and, in a config with pipelines, a missing input_size of a
     model that only runs at one size): the model is built for the largest image the pipelines
     produce, rounded up to its deepest stride (and the batch padding), as (H, W) or, where the
@@ -250,54 +249,53 @@ def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> None:
         cfg: The whole config (its pipelines).
         det: A detector config in it, changed in place.
         path: The detector's path, for messages.
+
+    Returns:
+        The plan of the backbone as resolved, None if it is not a timm backbone.
     """
     backbone = det.get('backbone')
     if not isinstance(backbone, Mapping) or timm_model_name(backbone) is None:
-        return
+        return None
     given = to_plain(backbone.get('input_size'))
-    if given is not None and given != AUTO:
-        return
-    where = f'{path}.backbone.input_size'
+    if given is not None and not is_auto(given):
+        return plan_from_config(backbone)
+    where = f'{path}.backbone'
     rest = {k: v for k, v in backbone.items() if k != 'input_size'}
     plan = plan_from_config(rest)
     if plan.fixed_size is None:  # takes any size already
         if given == AUTO:
-            _set(backbone, 'any', where, 'the model takes any input size')
-        return
+            set_logged(backbone, 'input_size', 'any', where, 'the model takes any input size',
+                       level=logging.INFO)
+        return plan
     if given is None and not any(isinstance(cfg.get(k), Mapping) for k in _LOADERS):
-        return  # a model config alone: the user chose timm's size by leaving input_size out
+        return plan  # a model config alone: the user chose timm's size by leaving input_size out
     name = timm_model_name(backbone)
     pre = det.get('data_preprocessor')
     try:
         h, w = largest_image(cfg, pre)
     except _Unreadable as err:
         raise ValueError(
-            f"{where}{'=' + repr(AUTO) if given else ' (missing)'}: {name!r} only runs at one "
-            f'input size ({plan.fixed_size[0]}x{plan.fixed_size[1]} as built by default), and '
-            f'the largest image of the config cannot be read from its pipelines: {err}. Write '
-            f'input_size=(H, W) for your largest padded input.') from None
+            f"{where}.input_size{'=' + repr(AUTO) if given else ' (missing)'}: {name!r} only "
+            f'runs at one input size ({plan.fixed_size[0]}x{plan.fixed_size[1]} as built by '
+            f'default), and the largest image of the config cannot be read from its pipelines: '
+            f'{err}. Write input_size=(H, W) for your largest padded input (mmdet\'s own tools '
+            f'build the model config alone, without the pipelines: there too).') from None
     step = max(s.stride for s in plan.levels)
     divisor = pre.get('pad_size_divisor') if isinstance(pre, Mapping) else None
-    if isinstance(divisor, int) and divisor > 1:
+    if is_int(divisor) and divisor > 1:
         step = math.lcm(step, divisor)
-    size = (-(-h // step) * step, -(-w // step) * step)
+    size = (round_up(h, step), round_up(w, step))
     errors = []
     for candidate in dict.fromkeys([size, (max(size), max(size))]):
         try:
-            plan_from_config(dict(rest, input_size=candidate))
+            plan = plan_from_config(dict(rest, input_size=candidate))
         except ValueError as err:
             errors.append(f'{candidate}: {err}')
             continue
-        _set(backbone, list(candidate), where,
-             f'the largest image of the pipelines is {h}x{w}')
-        return
-    raise ValueError(f'{where}: {name!r} only runs at one input size and cannot be built for the '
-                     f'largest image of the pipelines ({h}x{w}); tried '
+        set_logged(backbone, 'input_size', list(candidate), where,
+                   f'the largest image of the pipelines is {h}x{w}', level=logging.INFO)
+        return plan
+    raise ValueError(f'{where}.input_size: {name!r} only runs at one input size and cannot be '
+                     f'built for the largest image of the pipelines ({h}x{w}); tried '
                      f"{'; '.join(errors)}. Resize images smaller or pick a model that takes "
                      f'any size.')
-
-
-def _set(backbone: Mapping, value: Any, where: str, why: str) -> None:
-    backbone['input_size'] = value  # type: ignore[index]
-    print_log(f'resolve_config: {where} = {value!r} ({why})', logger='current',
-              level=logging.INFO)

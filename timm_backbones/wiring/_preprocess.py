@@ -3,12 +3,9 @@ are filled from the backbone's timm `pretrained_cfg` (0..255, RGB), explicit val
 with a pretrained backbone's are rejected (typically ImageNet values inherited from an mmdet base
 for a ViT trained with 0.5/0.5), and the number of values must suit the backbone's `in_channels`.
 """
-import logging
 from typing import Any, Mapping, Optional, Sequence
 
-from mmengine.logging import print_log
-
-from .._configs import is_auto, timm_model_name, to_plain, type_name
+from .._configs import is_auto, set_logged, timm_model_name, to_list, type_name
 from .._pretrained_cfg import is_pretrained, pretrained_mean_std
 
 __all__ = ['resolve_normalization']
@@ -18,8 +15,9 @@ _TOLERANCE = 0.01  # on the 0..255 scale: configs round timm's values to a few d
 
 
 def _values(value: Any) -> Optional[list]:
-    plain = to_plain(value)
-    return list(plain) if isinstance(plain, tuple) else None
+    """A list of numbers as a list, anything else (None, 'auto', one number) as None."""
+    listed = to_list(value)
+    return listed if isinstance(listed, list) else None
 
 
 def resolve_normalization(det: Mapping, path: str) -> None:
@@ -64,9 +62,7 @@ def resolve_normalization(det: Mapping, path: str) -> None:
             f'preprocessor takes 1 or 3).')
     expected = dict(zip(_KEYS, pretrained_mean_std(name)))
     for key in autos:
-        pre[key] = list(expected[key])  # type: ignore[index]
-        print_log(f'resolve_config: {where}.{key} = {pre[key]} (timm pretrained_cfg of '
-                  f'{name!r})', logger='current', level=logging.DEBUG)
+        set_logged(pre, key, list(expected[key]), where, f'timm pretrained_cfg of {name!r}')
     for key in _KEYS:
         _check_length(pre.get(key), key, in_channels, where, path)
     if not is_pretrained(backbone) or in_channels != 3:

@@ -1,35 +1,39 @@
 """`resolve_config`: fills the `'auto'` channel and stride fields of detector configs from the timm
 backbone that feeds them, and rejects explicit values that disagree with it.
 
-The backbone's levels come from `feature_specs` (meta-device builds, no weights); each neck in the
-chain maps them to its outputs through the table in `_necks.py`; heads, RoI extractors and
-DETR-style attention then read the levels they are fed. A value written out that does not match
+The backbone is planned once per detector (`BackbonePlan`: meta-device builds, no weights) and
+the plan is handed to every rule; each neck in the chain maps its levels to its outputs through
+the table in `_necks.py`; heads, RoI extractors and DETR-style attention then read the levels
+they are fed. Detectors this function produced are recognised and not resolved again (mmdet's
+registry resolves what it builds, see `engine/_api.py`, so a runner or `init_detector` that
+resolved the whole config first pays once). A value written out that does not match
 (typically inherited from a `_base_` config written for ResNet) fails here, naming the field, the
 given and the correct value, and the fix (`'auto'`), never as a shape error at the first forward.
 """
 import copy
 import inspect
-import logging
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from mmengine.config import Config
-from mmengine.logging import print_log
 
-from .._configs import AUTO, is_auto, timm_model_name, to_plain, type_name
-from .._plan import feature_specs, plan_from_config
+from .._cache import Memo
+from .._configs import (AUTO, is_auto, is_int, set_logged, timm_model_name, to_list, to_plain,
+                        type_name)
+from .._meta_ops import on_meta
+from .._plan import BackbonePlan
 from .._pyramid import skip_unread
 from .._specs import FeatureSpec, SpecTuple, format_specs
 from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
                      NECK_FIELDS, ROI_EXTRACTORS)
-from ._necks import NECKS, supported_necks
+from ._necks import NECKS, neck_configs, supported_necks
 from ._pipeline import resolve_input_size
 from ._preprocess import resolve_normalization
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
 _MISSING = object()
+_RESOLVED = Memo('resolved detectors', 256)  # reprs of detector configs resolve_config produced
 
 _CfgT = TypeVar('_CfgT', Config, dict)
 
@@ -79,10 +83,17 @@ def resolve_config(cfg: _CfgT) -> _CfgT:
                         f'{type(cfg).__name__}')
     out = copy.deepcopy(cfg)
     for path, detector in _detectors(out, ''):
-        resolve_input_size(out, detector, path)  # before the levels are read: may rebuild
+        if _fingerprint(detector) in _RESOLVED:
+            continue
+        plan = resolve_input_size(out, detector, path)  # the one plan of this backbone
         resolve_normalization(detector, path)
-        _resolve_detector(detector, path)
+        _resolve_detector(detector, path, plan)
+        _RESOLVED.get(_fingerprint(detector), lambda: True)
     return out
+
+
+def _fingerprint(detector: Mapping) -> str:
+    return repr(to_plain(detector))
 
 
 def has_timm_backbone(cfg: Union[Config, Mapping]) -> bool:
@@ -121,16 +132,6 @@ def _detectors(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
             yield from _detectors(child, _join(path, key))
 
 
-def _show(value: Any) -> Any:
-    """Values for messages: tuples and ConfigLists as lists."""
-    return [_show(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def _set(cfg: Mapping, key: str, value: Any, where: str) -> None:
-    cfg[key] = value  # type: ignore[index]
-    print_log(f'resolve_config: {where}.{key} = {value!r}', logger='current', level=logging.DEBUG)
-
-
 def _cannot_fill(where: str, key: str, feed: _Feed) -> ValueError:
     return ValueError(f"{where}.{key}='auto' cannot be filled: {feed.why}")
 
@@ -138,39 +139,31 @@ def _cannot_fill(where: str, key: str, feed: _Feed) -> ValueError:
 def _mismatch(where: str, key: str, given: Any, expected: Any, feed: _Feed,
               what: str = 'does not match the levels fed to it') -> ValueError:
     return ValueError(
-        f'{where}.{key}={_show(given)!r} {what}: it must be {_show(expected)!r}, from '
+        f'{where}.{key}={to_list(given)!r} {what}: it must be {to_list(expected)!r}, from '
         f"{feed.source}. Fix: set {key}='auto' to fill it from the backbone (or write "
-        f'{_show(expected)!r}). Explicit values are often inherited from a _base_ config written '
+        f'{to_list(expected)!r}). Explicit values are often inherited from a _base_ config written '
         f'for another backbone; with config inheritance, override them with '
         f"{key}='auto'.\n{feed.source}:\n{feed.listing}")
 
 
-def _resolve_detector(det: Mapping, path: str) -> None:
+def _resolve_detector(det: Mapping, path: str, plan: Optional[BackbonePlan]) -> None:
     backbone = det['backbone']
-    name = timm_model_name(backbone)
-    if name is not None:
-        _skip_unread_pyramid_levels(det, path)
-    if name is None:
+    if plan is None:
         kind = type_name(backbone)
         feed = _Feed(None, f'{path}.backbone', why=(
             f"{path}.backbone (type={kind!r}) is not a timm backbone, so its levels are not "
             f"known here; 'auto' needs type='TimmBackbone' or type='timm.<arch>'. Write the "
             f'value explicitly for {kind!r}.'))
     else:
-        specs = feature_specs(backbone)
+        plan = _skip_unread_pyramid_levels(det, path, plan)
         options = ', '.join(f'{k}={backbone[k]!r}' for k in
                             ('out_indices', 'output_stride') if backbone.get(k) is not None)
-        feed = _Feed(specs,
-                     f"the timm backbone {name!r}{f' ({options})' if options else ''} at "
-                     f'{path}.backbone', listing=format_specs(specs))
-    if name is not None:
-        _resolve_pad_divisor(det, specs, path)
-    neck = det.get('neck')
-    if isinstance(neck, (list, tuple)):
-        for i, one in enumerate(neck):
-            feed = _resolve_neck(one, feed, f'{path}.neck[{i}]')
-    elif isinstance(neck, Mapping):
-        feed = _resolve_neck(neck, feed, f'{path}.neck')
+        feed = _Feed(plan.specs,
+                     f"the timm backbone {plan.model_name!r}{f' ({options})' if options else ''}"
+                     f' at {path}.backbone', listing=format_specs(plan.specs))
+        _resolve_pad_divisor(det, plan, path)
+    for where, neck in neck_configs(det, path):
+        feed = _resolve_neck(neck, feed, where)
     for key in DENSE_HEADS:
         if isinstance(det.get(key), Mapping):
             _resolve_head(det[key], feed, f'{path}.{key}')
@@ -179,47 +172,41 @@ def _resolve_detector(det: Mapping, path: str) -> None:
     _resolve_attention_levels(det, feed, path)
 
 
-def _skip_unread_pyramid_levels(det: Mapping, path: str) -> None:
+def _skip_unread_pyramid_levels(det: Mapping, path: str, plan: BackbonePlan) -> BackbonePlan:
     """An automatic simple pyramid builds only the levels the first neck reads: with FPN's
     start_level=1 (RetinaNet), a stride-4 branch would get no gradient (and DDP would fail on the
     unused parameters). The backbone's `pyramid_strides`, left out of the config, are filled with
     None for the unread levels (their source map is passed through, no parameters); the neck's
-    own fields are not touched. A `pyramid_strides` written in the config is kept."""
-    backbone, neck = det['backbone'], det.get('neck')
-    if isinstance(neck, (list, tuple)):
-        neck = neck[0] if neck else None
-    rule = NECKS.get(type_name(neck)) if isinstance(neck, Mapping) else None
-    if rule is None or rule.reads is None or 'pyramid_strides' in backbone:
-        return
-    plan = plan_from_config(backbone)
-    if not plan.pyramid_strides:
-        return
+    own fields are not touched. A `pyramid_strides` written in the config is kept. Returns the
+    plan with those strides."""
+    backbone, necks = det['backbone'], neck_configs(det, path)
+    rule = NECKS.get(type_name(necks[0][1])) if necks else None
+    if rule is None or rule.reads is None or 'pyramid_strides' in backbone or \
+            not plan.pyramid_strides:
+        return plan
     try:
-        read = rule.reads(neck, plan.specs, f'{path}.neck')
+        read = rule.reads(necks[0][1], plan.specs, necks[0][0])
     except ValueError:
-        return  # an invalid range: the neck's own resolution reports it
+        return plan  # an invalid range: the neck's own resolution reports it
     strides = skip_unread(plan.pyramid_strides, read)
-    if strides != plan.pyramid_strides:
-        _set(backbone, 'pyramid_strides', list(strides), f'{path}.backbone')
+    if strides == plan.pyramid_strides:
+        return plan
+    set_logged(backbone, 'pyramid_strides', list(strides), f'{path}.backbone')
+    return replace(plan, pyramid_strides=tuple(strides))
 
 
-def _resolve_pad_divisor(det: Mapping, specs: Sequence[FeatureSpec], path: str) -> None:
-    """`data_preprocessor.pad_size_divisor`: 'auto' -> lcm(backbone input divisor, deepest
-    stride) (for a fixed-size model, also a divisor of its size); an explicit value must be a
-    multiple of the divisor the backbone needs."""
+def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str) -> None:
+    """`data_preprocessor.pad_size_divisor`: 'auto' -> the plan's `pad_size_divisor`; an explicit
+    value must be a multiple of the divisor the backbone needs."""
     pre = det.get('data_preprocessor')
     if not isinstance(pre, Mapping) or 'pad_size_divisor' not in pre:
         return
-    need = specs[0].pad_divisor
-    auto = math.lcm(need, max(s.stride for s in specs))
-    fixed = plan_from_config(det['backbone']).fixed_size
-    if fixed is not None:  # padding must not push an input past the size the model runs at
-        auto = math.gcd(auto, *fixed)
+    need, auto = plan.pad_divisor, plan.pad_size_divisor
     value = pre['pad_size_divisor']
     where = f'{path}.data_preprocessor'
     if is_auto(value):
-        _set(pre, 'pad_size_divisor', auto, where)
-    elif not isinstance(value, int) or isinstance(value, bool):
+        set_logged(pre, 'pad_size_divisor', auto, where)
+    elif not is_int(value):
         raise TypeError(f"{where}.pad_size_divisor must be an int or 'auto', got {value!r} "
                         f"({type(value).__name__}). Fix: pad_size_divisor='auto' (gives {auto}).")
     elif value < 1 or value % need:
@@ -251,7 +238,7 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
     filled |= {k for k, source in rule.follows.items() if source in filled and k in expected}
     for key, value in expected.items():
         if key in filled:
-            _set(cfg, key, value, where)
+            set_logged(cfg, key, value, where)
         elif to_plain(cfg[key]) != to_plain(value):
             raise _mismatch(where, key, cfg[key], value, feed)
     left = [k for k in NECK_FIELDS if is_auto(cfg.get(k))]
@@ -259,7 +246,31 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
         raise ValueError(f"{where}.{left[0]}='auto': {kind} chooses {left[0]} itself (it does "
                          f'not follow from the backbone); write a value.')
     outputs = rule.outputs(cfg, feed.levels, where)
+    _check_builds(cfg, feed, where)
     return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs))
+
+
+def _check_builds(cfg: Mapping, feed: _Feed, where: str) -> None:
+    """The neck, as filled, builds (on the meta device: no memory): a neck whose layers cannot
+    take the levels it is fed (e.g. GroupNorm groups that do not divide a width the neck derives
+    from its input channels) fails here, naming the neck and the levels, not when the detector
+    is built."""
+    cls = _model_class(cfg)
+    if cls is None:
+        return  # an unknown type: the registry says so when the detector is built
+    try:
+        with on_meta():
+            cls(**{k: copy.deepcopy(v) for k, v in cfg.items() if k != 'type'})
+    except (ValueError, AssertionError, TypeError, RuntimeError, KeyError, IndexError,
+            ZeroDivisionError) as err:
+        norm = cfg.get('norm_cfg')
+        hint = (f" Its norm_cfg={to_list(norm)!r}: GroupNorm's num_groups must divide every "
+                f'width the neck makes from these channels (use a smaller num_groups, or BN).'
+                if isinstance(norm, Mapping) and type_name(norm) == 'GN' else '')
+        raise ValueError(
+            f'{where} ({type_name(cfg)}) cannot be built for the levels fed to it: '
+            f'{type(err).__name__}: {err}.{hint} Or choose backbone levels (out_indices) or a '
+            f'backbone whose channels suit it.\n{feed.source}:\n{feed.listing}') from err
 
 
 def _model_class(cfg: Mapping) -> Optional[type]:
@@ -333,7 +344,7 @@ def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -
     else:
         return  # a head fed levels of several widths: nothing to compare one int with
     if is_auto(given):
-        _set(head, 'in_channels', expected, where)
+        set_logged(head, 'in_channels', expected, where)
     elif to_plain(given) != to_plain(expected):
         raise _mismatch(where, 'in_channels', given, expected, feed)
 
@@ -386,7 +397,7 @@ def _stride_field(cfg: Mapping, key: str, feed: _Feed, where: str, fill_missing:
                 f"{where}.{key}='auto' cannot be filled: the stride of level(s) {unknown} depends "
                 f'on the input size (e.g. unpadded extra convs), so write the strides for your '
                 f'input size (input size / feature map size).\n{feed.source}:\n{feed.listing}')
-        _set(cfg, key, strides, where)
+        set_logged(cfg, key, strides, where)
         return
     if not isinstance(given, (list, tuple)):
         raise ValueError(f'{where}.{key} must be a list with one stride per level, got '
@@ -462,7 +473,7 @@ def _resolve_extractor(extractor: Mapping, feed: _Feed, where: str) -> None:
             f'{len(strides)} levels); RoI extractors need one width: add a neck such as FPN.'
             f'\n{feed.source}:\n{feed.listing}')
     if given is _MISSING or is_auto(given):
-        _set(extractor, 'out_channels', channels[0], where)
+        set_logged(extractor, 'out_channels', channels[0], where)
     elif given != channels[0]:
         raise _mismatch(where, 'out_channels', given, channels[0], feed)
 
@@ -486,7 +497,7 @@ def _resolve_attention_levels(det: Mapping, feed: _Feed, path: str) -> None:
                 raise _cannot_fill(where, key, feed)
             continue
         if given is _MISSING or is_auto(given):
-            _set(cfg, key, len(feed.levels), where)
+            set_logged(cfg, key, len(feed.levels), where)
         elif given != len(feed.levels):
             raise _mismatch(where, key, given, len(feed.levels), feed,
                             what='does not match the number of levels fed to the transformer')

@@ -1,0 +1,48 @@
+"""The detector families (`families.py`) are the shipped configs: each names a config in
+configs/, `config FAMILY ARCH` prints that config with the backbone swapped, and the sweep checks
+exactly that model."""
+import os
+
+import pytest
+from mmengine.config import Config
+
+from helpers import ROOT
+from timm_backbones.families import (FAMILIES, FAMILY_OPTIONS, family_config_text, family_model,
+                                     get_family)
+from timm_backbones.sweep import MATRIX_FAMILIES
+
+
+def test_families_are_the_shipped_configs():
+    # rule: every family is a shipped COCO config, and every shipped COCO config is a family or a
+    # variant of one (e.g. layer decay)
+    shipped = {f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('_coco.py')}
+    assert {f.config for f in FAMILIES.values()} <= shipped
+    assert all(any(f.startswith(name) for name in FAMILIES) for f in shipped), shipped
+    assert set(MATRIX_FAMILIES) <= set(FAMILIES)
+    with pytest.raises(ValueError, match="unknown detector family 'retina'.*'retinanet'"):
+        get_family('retina')
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_family_is_its_config_with_the_backbone_swapped(family):
+    # rule: one source: everything but the backbone is the shipped config's, and the backbone
+    # keeps only the family's options (the levels the neck takes)
+    shipped = Config.fromfile(str(FAMILIES[family].path)).model.to_dict()
+    model = family_model(family, 'convnext_atto')
+    backbone = model.pop('backbone')
+    wanted = {k: shipped['backbone'][k] for k in FAMILY_OPTIONS if k in shipped['backbone']}
+    shipped.pop('backbone')
+    assert model == shipped
+    assert backbone == dict(type='TimmBackbone', model_name='convnext_atto', pretrained=False,
+                            **{k: tuple(v) for k, v in wanted.items()})
+
+
+@pytest.mark.parametrize('family', list(FAMILIES))
+def test_family_model_is_the_printed_config(family, tmp_path):
+    # rule: the sweep checks exactly the model the CLI prints
+    path = tmp_path / 'cfg.py'
+    path.write_text(family_config_text(family, 'convnext_atto', pretrained=False))
+    printed = Config.fromfile(str(path)).model.to_dict()
+    model = family_model(family, 'convnext_atto')
+    assert printed['backbone'].pop('_delete_', None) in (True, None)
+    assert Config(dict(model=printed)).model.to_dict() == Config(dict(model=model)).model.to_dict()
