@@ -22,7 +22,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import ROOT
+from helpers import ROOT, unsafe_globals
 
 TOOLS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0], '.mim',
                      'tools')
@@ -79,7 +79,7 @@ def test_training_writes_checkpoints_any_weights_only_reader_loads(trained):
     # rule: the runner's checkpoints hold tensors and plain containers only, and the config it
     # dumps is the resolved one
     _, checkpoint, dumped = trained
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []
+    assert unsafe_globals(checkpoint) == []
     assert "'auto'" not in Config.fromfile(dumped).pretty_text
 
 
