@@ -31,6 +31,7 @@ from mmengine.logging import print_log
 from mmengine.registry import STRATEGIES
 from mmengine.runner import FlexibleRunner
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp import StateDictType
 
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
@@ -65,6 +66,7 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
     """
     _expected_state: Optional[Dict[str, torch.Tensor]] = None
     _sync_bn: Optional[str] = None
+    _optimizer_to_load: Any = None
 
     def build_strategy(self, strategy: Optional[Union[BaseStrategy, Dict]] = None,
                        launcher: str = 'none', randomness: Optional[dict] = None,
@@ -88,6 +90,7 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
                     wrapper['auto_wrap_policy'] = resolve_wrap_policy(wrapper['auto_wrap_policy'])
                 if cpu_launch(launcher):
                     wrapper.setdefault('device_id', 'cpu')
+                    strategy['state_dict_cfg'] = _cpu_full_state_dict_cfg()
                 strategy['model_wrapper'] = wrapper
             elif issubclass(kind, DDPStrategy):
                 self._sync_bn = strategy.pop('sync_bn', None)  # converted here, timm's way
@@ -156,6 +159,30 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
         self._build_model()
         return super().test()
 
+    def resume(self, filename: str, resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True, map_location: Any = 'default') -> None:
+        """mmengine's `resume` (weights-only and verified, see `TimmRunnerMixin`). Under FSDP the
+        optimizer state is loaded here: mmengine 0.10.7 calls `FSDP.optim_state_dict_to_load`
+        with the argument order of torch < 2.1, which torch 2.x rejects."""
+        fsdp = resume_optimizer and isinstance(self.strategy, FSDPStrategy)
+        self._optimizer_to_load = None
+        super().resume(filename, resume_optimizer=resume_optimizer and not fsdp,
+                       resume_param_scheduler=resume_param_scheduler, map_location=map_location)
+        if fsdp:
+            state = self._optimizer_to_load
+            if not isinstance(state, Mapping) or 'param_groups' not in state:
+                raise ValueError(f'cannot resume the optimizer from {filename!r}: it has no '
+                                 f'optimizer state. Start from its weights only (load_from=... '
+                                 f'without --resume).')
+            loaded = FSDP.optim_state_dict_to_load(self.model, self.optim_wrapper.optimizer,
+                                                   dict(state))
+            extra = {k: v for k, v in state.items() if k not in ('state', 'param_groups')}
+            self.optim_wrapper.load_state_dict(dict(loaded, **extra))  # e.g. AMP's loss_scaler
+
+    def _after_read(self, checkpoint: Dict[str, Any]) -> None:
+        super()._after_read(checkpoint)
+        self._optimizer_to_load = checkpoint.get('optimizer')
+
     @property
     def _loads_optimizer_by_name(self) -> bool:  # type: ignore[override]
         return isinstance(self.strategy, FSDPStrategy)
@@ -163,6 +190,18 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
     def _load_target(self) -> Union[nn.Module, Mapping[str, torch.Tensor]]:
         return self._expected_state if self._expected_state is not None else \
             super()._load_target()
+
+
+def _cpu_full_state_dict_cfg() -> Dict[str, Any]:
+    """`state_dict_cfg='full'` for FSDP units on the CPU: full state dicts on rank 0, without
+    `offload_to_cpu`. torch's FSDP gathers every optimizer state of a unit into one reused buffer
+    and copies it out only by offloading (`.cpu()`), which is no copy on the CPU: with it, every
+    state of the checkpoint (`exp_avg`, ...) would hold the last one gathered (`exp_avg_sq`)."""
+    return dict(
+        state_dict_type='FULL_STATE_DICT',
+        state_dict_config=dict(type='FullStateDictConfig', rank0_only=True, offload_to_cpu=False),
+        optim_state_dict_config=dict(type='FullOptimStateDictConfig', rank0_only=True,
+                                     offload_to_cpu=False))
 
 
 def _strategy_class(strategy: Mapping[str, Any]) -> type:
