@@ -11,7 +11,7 @@ mmengine's root FUNCTIONS (where FSDPStrategy looks them up).
 from ._api import build_detector, init_detector, install_resolving_build, load_config
 from ._export import check_onnx, export_onnx, flatten_tensors, run_onnx
 from ._flexible_runner import TimmBackboneFlexibleRunner
-from ._fsdp import timm_block_check_fn, timm_block_wrap_policy
+from ._fsdp import TimmBlockWrapPolicy, timm_block_check_fn, timm_block_wrap_policy
 from ._hooks import LossCurveHook
 from ._layer_decay import (NoGroupMatcherError, TimmLayerDecayOptimWrapperConstructor,
                            layer_decay_settings)
@@ -19,7 +19,8 @@ from ._runner import TimmBackboneRunner
 from ._seeding import (PerSampleSeedDataset, PerSampleSeedSampler, SampleIndex,
                        per_sample_seed_dataloader, seeded)
 
-__all__ = ['TimmBackboneRunner', 'TimmBackboneFlexibleRunner', 'timm_block_wrap_policy',
+__all__ = ['TimmBackboneRunner', 'TimmBackboneFlexibleRunner', 'TimmBlockWrapPolicy',
+           'timm_block_wrap_policy',
            'timm_block_check_fn', 'build_detector', 'init_detector', 'load_config',
            'install_resolving_build',
            'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings',

@@ -75,8 +75,6 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
                        log_level: Optional[str] = None) -> BaseStrategy:
         """mmengine's `build_strategy`, after checking the strategy config and adapting it to
         timm models and to CPUs (see the module docstring); the config is not modified."""
-        if cpu_launch(launcher):
-            init_cpu_process_group((env_cfg or {}).get('dist_cfg', {}))
         if not isinstance(strategy, BaseStrategy):
             if strategy is None:
                 strategy = dict(type='SingleDeviceStrategy' if launcher == 'none'
@@ -99,6 +97,8 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
                         type='MMDistributedDataParallel', broadcast_buffers=False))
                     wrapper.setdefault('device_ids', None)
                     strategy['model_wrapper'] = wrapper
+        if cpu_launch(launcher):
+            init_cpu_process_group((env_cfg or {}).get('dist_cfg', {}))
         return super().build_strategy(strategy, launcher=launcher, randomness=randomness,
                                       env_cfg=env_cfg, experiment_name=experiment_name,
                                       log_level=log_level)

@@ -70,9 +70,9 @@ def saved_state(state: Any, optimizer: Optimizer, names: Mapping[int, str]) -> A
 def resume_state(state: Any, optimizer: Optimizer, names: Mapping[int, str], by_name: bool,
                  filename: str = '') -> Any:
     """The checkpoint's optimizer state as the resuming run loads it: by name for FSDP
-    (`by_name=True`), else by position in the order of this run's optimizer. Parameters are
-    matched by name where the checkpoint has names; a checkpoint without them (written by plain
-    mmengine) is matched by position, as torch does.
+    (`by_name=True`), else by position in the order of this run's optimizer. Parameters, and
+    the groups holding them, are matched by name where the checkpoint has names; a checkpoint
+    without them (written by plain mmengine) is matched by position, as torch does.
 
     Args:
         state: The checkpoint's `optimizer` entry (see `saved_state`; FSDP's own form too).
@@ -92,44 +92,58 @@ def resume_state(state: Any, optimizer: Optimizer, names: Mapping[int, str], by_
         return state
     current = _current_names(optimizer, names)
     groups = state['param_groups']
-    if len(groups) != len(current):
-        raise ValueError(_mismatch(filename, f'{len(groups)} parameter groups, this run\'s '
-                                             f'optimizer {len(current)}'))
-    saved_names = []
-    for i, (group, cur) in enumerate(zip(groups, current)):
-        if _by_name(state):
-            group_names = list(group['params'])
-        elif NAMES in group:
-            group_names = list(group[NAMES])
-        elif len(group['params']) == len(cur):  # positional, as torch loads it
-            group_names = cur
-        else:
-            raise ValueError(_mismatch(filename, f'group {i} holds {len(group["params"])} '
-                                                 f'parameters, this run\'s {len(cur)}'))
-        if sorted(group_names) != sorted(cur):
-            extra = sorted(set(group_names) - set(cur))[:4]
-            missing = sorted(set(cur) - set(group_names))[:4]
-            raise ValueError(_mismatch(filename, f'group {i} differs: only in the checkpoint '
-                                                 f'{extra}, only in this run {missing}'))
-        saved_names.append(group_names)
+    saved = [_saved_names(state, g, i, current, filename) for i, g in enumerate(groups)]
+    group_of = {name: i for i, cur in enumerate(current) for name in cur}
+    order = []  # the group of this run's optimizer each saved group is
+    for i, group_names in enumerate(saved):
+        targets = {group_of.get(name) for name in group_names}
+        if len(targets) != 1 or None in targets:
+            unknown = [n for n in group_names if n not in group_of][:4]
+            raise ValueError(_mismatch(filename, f'parameters in group {i} that this run\'s '
+                                                 f'optimizer has not {unknown}' if unknown else
+                                                 f'group {i} split over several groups here'))
+        order.append(targets.pop())
+    missing = [n for j, cur in enumerate(current) if j not in order for n in cur][:4]
+    if len(set(order)) != len(order) or missing or \
+            any(sorted(saved[i]) != sorted(current[j]) for i, j in enumerate(order)):
+        raise ValueError(_mismatch(filename, f'other parameter groups (this run\'s optimizer '
+                                             f'also has {missing or "other members"})'))
     if _by_name(state):
-        by_key = {name: name for names_ in saved_names for name in names_}
+        by_key = {name: name for names_ in saved for name in names_}
     else:
-        by_key = {name: key for group, names_ in zip(groups, saved_names)
+        by_key = {name: key for group, names_ in zip(groups, saved)
                   for key, name in zip(group['params'], names_)}
+    placed = sorted(range(len(groups)), key=order.__getitem__)  # saved groups in this run's order
     out = dict(state)
     if by_name:
         out['state'] = {name: state['state'][key] for name, key in by_key.items()
                         if key in state['state']}
-        out['param_groups'] = [{k: v for k, v in dict(g, params=cur).items() if k != NAMES}
-                               for g, cur in zip(groups, current)]
+        out['param_groups'] = [{k: v for k, v in dict(groups[i], params=current[order[i]]).items()
+                                if k != NAMES} for i in placed]
         return out
-    index = {name: i for i, name in enumerate(n for cur in current for n in cur)}
+    index = {name: k for k, name in enumerate(n for cur in current for n in cur)}
     out['state'] = {index[name]: state['state'][key] for name, key in by_key.items()
                     if key in state['state']}
-    out['param_groups'] = [dict(g, params=[index[n] for n in cur], **{NAMES: cur})
-                           for g, cur in zip(groups, current)]
+    out['param_groups'] = [dict(groups[i], params=[index[n] for n in current[order[i]]],
+                                **{NAMES: current[order[i]]}) for i in placed]
     return out
+
+
+def _saved_names(state: Mapping[str, Any], group: Mapping[str, Any], i: int,
+                 current: List[List[str]], filename: str) -> List[str]:
+    """The parameter names of saved group i: its `params` (by name), its `param_names`, or
+    (a checkpoint without names) those of this run's group i, by position."""
+    if _by_name(state):
+        return list(group['params'])
+    if NAMES in group:
+        return list(group[NAMES])
+    if len(state['param_groups']) != len(current):
+        raise ValueError(_mismatch(filename, f'{len(state["param_groups"])} parameter groups, '
+                                             f'this run\'s optimizer {len(current)}'))
+    if len(group['params']) != len(current[i]):
+        raise ValueError(_mismatch(filename, f'group {i} holds {len(group["params"])} '
+                                             f'parameters, this run\'s {len(current[i])}'))
+    return current[i]
 
 
 def _mismatch(filename: str, what: str) -> str:
