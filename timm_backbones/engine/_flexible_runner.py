@@ -107,8 +107,10 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
         if launcher == 'none':
             raise ValueError(
                 "strategy=dict(type='FSDPStrategy') needs a distributed launcher: run "
-                'tools/dist_train.sh CONFIG N (N processes, 1 works too), or mmdet\'s '
-                'tools/train.py with --launcher pytorch under torchrun.')
+                'tools/dist_train.sh CONFIG N / tools/dist_test.sh CONFIG CKPT N (N processes, '
+                "1 works too), or mmdet's tools with --launcher pytorch under torchrun. To "
+                'evaluate or train without FSDP in one process, add --cfg-options '
+                'runner_type=mmdet.TimmBackboneRunner (its checkpoints load either way).')
         cfg = strategy.get('state_dict_cfg', 'local')
         kind = cfg.get('state_dict_type', 'LOCAL_STATE_DICT') if isinstance(cfg, Mapping) \
             else cfg
