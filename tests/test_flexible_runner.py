@@ -20,7 +20,6 @@ so they are deterministic.
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -28,6 +27,7 @@ import torch
 from mmengine.config import Config
 
 from helpers import FSDP_CONFIG, ROOT, free_port, small_fsdp_config
+from test_tools import run  # a command from the repository root, one OpenMP thread each
 from timm_backbones import TimmBackboneFlexibleRunner, build_detector, resolve_config
 from timm_backbones._checkpoint import checkpoint_loading
 from timm_backbones._meta_ops import on_meta
@@ -36,20 +36,7 @@ from timm_backbones.engine._fsdp import resolve_wrap_policy
 
 MMDET_TOOLS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
                            '.mim', 'tools')
-TIMEOUT = 600
 STEPS = 4
-
-
-def run(args, **env):
-    """A command from the repository root (one OpenMP thread per process); its output."""
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
-                    PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get('PYTHONPATH')]
-                                                         if p]), **env)
-    proc = subprocess.run(args, cwd=ROOT, env=full_env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f'{args} failed ({proc.returncode}):\n{out[-8000:]}'
-    return out
 
 
 def dist_train(config, work_dir, *options, script=None):
@@ -60,7 +47,7 @@ def dist_train(config, work_dir, *options, script=None):
     else:
         args = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
                 f'--master_port={port}', script, config, '--launcher', 'pytorch']
-    return run(args + ['--work-dir', str(work_dir), *options], PORT=port)
+    return run(args + ['--work-dir', str(work_dir), *options], PORT=port, PYTHON=sys.executable)
 
 
 def load(path):
@@ -240,6 +227,7 @@ def test_the_shipped_vit_large_config(tmp_path):
     assert [n for n, m in model.named_modules() if m in units] == \
         [f'backbone.model.model.blocks.{i}' for i in range(24)]
     assert cfg.strategy.activation_checkpointing.check_fn == 'timm_block_check_fn'
-    settings = layer_decay_settings(model.backbone, cfg.optim_wrapper.paramwise_cfg.layer_decay_rate)
+    rate = cfg.optim_wrapper.paramwise_cfg.layer_decay_rate
+    settings = layer_decay_settings(model.backbone, rate)
     assert settings['model.model.blocks.23.mlp.fc2.weight'] == (0.8, True)
     assert settings['model.model.blocks.0.mlp.fc2.weight'][0] == pytest.approx(0.8 ** 24)

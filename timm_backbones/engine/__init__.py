@@ -1,7 +1,7 @@
 """Engine pieces: the mmengine runners for timm backbone configs (`Runner` and, for FSDP,
-`FlexibleRunner`), detector building on every
-route (registries that resolve what they build, `build_detector`, `init_detector`), ONNX export (`export_onnx`, `check_onnx`),
-training hooks, timm's layer-wise lr decay and FSDP policies for timm blocks. Importing it
+`FlexibleRunner`), detector building on every route (registries that resolve what they build,
+`build_detector`, `init_detector`), ONNX export (`export_onnx`, `check_onnx`), training hooks,
+timm's layer-wise lr decay and FSDP policies for timm blocks. Importing it
 registers `TimmBackboneRunner` and `TimmBackboneFlexibleRunner` (RUNNERS), `LossCurveHook`
 (HOOKS) and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS), and the
 per-sample augmentation seeding `PerSampleSeedDataset` (DATASETS) and `PerSampleSeedSampler`

@@ -61,7 +61,8 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
     gloo). FSDP needs a launcher (one process works: `tools/dist_train.sh CONFIG 1`).
 
     Example:
-        >>> cfg = Config.fromfile('configs/mask-rcnn_timm-vit-large-p16_fsdp-layer-decay-1x_coco.py')
+        >>> cfg = Config.fromfile(
+        ...     'configs/mask-rcnn_timm-vit-large-p16-mae_fpn_fsdp-layer-decay-1x_coco.py')
         >>> TimmBackboneFlexibleRunner.from_cfg(cfg).train()   # under torchrun
     """
     _expected_state: Optional[Dict[str, torch.Tensor]] = None

@@ -8,12 +8,12 @@ no weights), with timm's `no_weight_decay()` names, as `timm.optim.create_optimi
 them. The feature wrappers lack `group_matcher` and rename modules (FeatureListNet: `stages.0` ->
 `stages_0`; FeatureGetterNet keeps the model under `model.`), so parameter names are mapped from
 the wrapper onto the full model, once per model on a meta-device build of the wrapper (its
-shapes confirm each match); the backbone's own parameters are then found by name with FSDP and
-activation-checkpoint wrapper parts dropped (`_names.unwrapped_name`), so an FSDP-wrapped model
-(`use_orig_params=True`, whose parameters are flat shards) gets the same groups as a plain one. The classifier head (not in the backbone) holds timm's top layer,
-so the last backbone layer gets `rate`, as in timm's fine-tuning recipes (a headless tag such as
-`.mae` is built with a head for this). Necks, heads and the
-simple pyramid keep the base lr.
+shapes confirm each match); the backbone's own parameters are then found by name with FSDP
+and activation-checkpoint wrapper parts dropped (`_names.unwrapped_name`), so an FSDP-wrapped
+model (`use_orig_params=True`, whose parameters are flat shards) gets a plain one's groups.
+The classifier head (not in the backbone) holds timm's top layer, so the last backbone layer
+gets `rate`, as in timm's fine-tuning recipes (a headless tag such as `.mae` is built with a
+head for this). Necks, heads and the simple pyramid keep the base lr.
 
 The constructor builds on mmengine's `DefaultOptimWrapperConstructor`, so `custom_keys`,
 `norm_decay_mult`, `bias_decay_mult`, ... compose with it: the layer scale multiplies whatever lr
