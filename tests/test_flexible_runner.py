@@ -11,7 +11,8 @@ frozen_stages=1, layer decay, timm block policies, activation checkpointing):
   FSDP run from the DDP one, and both end there too; `init_detector` (ours and mmdet's) loads the
   FSDP checkpoint;
 - configuration mistakes fail up front, and the shipped ViT-L config resolves and builds (on the
-  meta device).
+  meta device); under the other strategies, timm's fused norm + act layers survive sync-norm
+  conversions and DDP runs on CPUs.
 
 Both runs start from the same weights (`load_from`), seed each sample's augmentation
 (`sample_seeding`), have no dropout or drop path, and take every sampler candidate in the heads,
@@ -25,8 +26,10 @@ import sys
 import pytest
 import torch
 from mmengine.config import Config
+from timm.layers import BatchNormAct2d
 
 from helpers import FSDP_CONFIG, ROOT, free_port, small_fsdp_config
+from test_runner import detector_cfg, dist_env  # noqa: F401 - dist_env is a fixture
 from test_tools import run  # a command from the repository root, one OpenMP thread each
 from timm_backbones import TimmBackboneFlexibleRunner, build_detector, resolve_config
 from timm_backbones._checkpoint import checkpoint_loading
@@ -231,3 +234,31 @@ def test_the_shipped_vit_large_config(tmp_path):
     settings = layer_decay_settings(model.backbone, rate)
     assert settings['model.model.blocks.23.mlp.fc2.weight'] == (0.8, True)
     assert settings['model.model.blocks.0.mlp.fc2.weight'][0] == pytest.approx(0.8 ** 24)
+
+
+# ---- norms and CPUs under the other strategies --------------------------------------------------
+
+def flexible(tmp_path, launcher, strategy=None, name='efficientnet_b0', **backbone):
+    """The runner with a small RetinaNet on `name` (test_runner.py's), its model built."""
+    runner = TimmBackboneFlexibleRunner(
+        model=detector_cfg(name, **backbone), work_dir=str(tmp_path), launcher=launcher,
+        default_scope='mmdet', strategy=strategy, env_cfg=dict(dist_cfg=dict(backend='nccl')))
+    runner._build_model()
+    return runner
+
+
+def test_one_process_reverts_sync_norms_keeping_timm_activations(tmp_path):
+    # SingleDeviceStrategy would revert SyncBatchNormAct to BatchNormXd without its activation
+    runner = flexible(tmp_path, 'none', sync_bn=True)
+    bn1 = runner.model.backbone.model.bn1
+    assert type(bn1) is BatchNormAct2d and type(bn1.act).__name__ == 'SiLU'
+
+
+def test_ddp_strategy_on_cpus(tmp_path, dist_env):
+    # CPU DistributedDataParallel (device_ids=None) under DDPStrategy; its sync_bn converts with
+    # timm's converter (SyncBatchNormAct), which DDP refuses on CPUs: the error says what to drop
+    runner = flexible(tmp_path, 'pytorch', name='resnet18')
+    runner.strategy.prepare(runner.model)
+    assert type(runner.strategy.model).__name__ == 'MMDistributedDataParallel'
+    with pytest.raises(ValueError, match=r"\['SyncBatchNormAct'\] layers.*sync_bn=False"):
+        flexible(tmp_path / 'sync', 'pytorch', strategy=dict(type='DDPStrategy', sync_bn='torch'))
