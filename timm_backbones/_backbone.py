@@ -251,10 +251,11 @@ class TimmBackbone(BaseModule):
         if run_hw != hw:
             x = F.pad(x, (0, run_hw[1] - hw[1], 0, run_hw[0] - hw[0]))
         feats = self.model(x)
-        if not torch.is_autocast_enabled(x.device.type):
+        if any(f.dtype != x.dtype for f in feats) and \
+                not torch.is_autocast_enabled(x.device.type):
             # blocks computing in another precision (FSDP mixed precision of the blocks only)
             # hand their maps on in the input's dtype
-            feats = [f if f.dtype == x.dtype else f.to(x.dtype) for f in feats]
+            feats = [f.to(x.dtype) for f in feats]
         if self.plan.output_format == 'NHWC':
             feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
         outs = tuple(feats[i] for i in self._order)

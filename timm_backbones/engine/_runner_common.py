@@ -33,7 +33,8 @@ from ..wiring import resolve_config
 from ._optim_state import resume_state, saved_state
 from ._seeding import per_sample_seed_dataloader
 
-__all__ = ['TimmRunnerMixin', 'prepare_config', 'init_cpu_process_group', 'cpu_launch']
+__all__ = ['TimmRunnerMixin', 'prepare_config', 'with_sample_seeding', 'init_cpu_process_group',
+           'cpu_launch']
 
 
 def prepare_config(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, ConfigDict, dict]:
@@ -43,7 +44,16 @@ def prepare_config(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, Config
     Example:
         >>> runner = Runner.from_cfg(prepare_config(Config.fromfile(path)))
     """
-    cfg = resolve_config(cfg)
+    return with_sample_seeding(resolve_config(cfg))
+
+
+def with_sample_seeding(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, ConfigDict, dict]:
+    """`cfg` (modified) with per-sample augmentation seeding on its train dataloader when it sets
+    `sample_seeding=True` (`per_sample_seed_dataloader`).
+
+    Example:
+        >>> with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader)))
+    """
     seeding = cfg.get('sample_seeding', False)
     if not isinstance(seeding, bool):
         raise TypeError(f'sample_seeding must be True or False, got {seeding!r}')
