@@ -106,3 +106,77 @@ def unsafe_globals(path):
         return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     finally:
         torch.serialization.add_safe_globals(saved)
+
+
+# ---- the shipped FSDP config, shrunk for the CPU ---------------------------------------------
+FSDP_CONFIG = os.path.join(ROOT, 'configs',
+                           'mask-rcnn_timm-vit-large-p16-mae_fpn_fsdp-layer-decay-1x_coco.py')
+# shipped configs whose models are too large to build with weights in the fast suite (ViT-L:
+# 308 M parameters, 1.2 GB): test_configs.py builds them on the meta device, and the tests that
+# build every shipped config with weights (init_detector, mmdet's tools) take the others
+BUILT_ON_META = (os.path.basename(FSDP_CONFIG),)
+SMALL_FSDP = """
+_base_ = ['{config}']
+data_root = '{data_root}'
+synthetic = dict(num_train=8, num_val=2, img_size=(64, 64), obj_size=(16, 40), max_objects=2,
+                 seed=0)
+model = dict(
+    backbone=dict(model_name='vit_tiny_patch16_224', pretrained=False, drop_path_rate=0.0,
+                  frozen_stages=1),
+    neck=dict(out_channels=32),
+    rpn_head=dict(in_channels=32, feat_channels=32),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=32),
+        bbox_head=dict(in_channels=32, fc_out_channels=64, num_classes=5),
+        mask_roi_extractor=dict(out_channels=32),
+        mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=5)),
+    # samplers larger than the candidates take all of them: no random draws in the loss, so runs
+    # on different numbers of processes can be compared
+    train_cfg=dict(rpn=dict(sampler=dict(num=100000)),
+                   rpn_proposal=dict(nms_pre=200, max_per_img=50),
+                   rcnn=dict(sampler=dict(num=100000))))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs')]
+train_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False,
+    dataset=dict(_delete_=True, type='SyntheticShapesDataset', data_root=data_root,
+                 synthetic=synthetic, ann_file='annotations/instances_train.json',
+                 metainfo=dict(classes=('circle', 'square', 'triangle', 'star', 'cross')),
+                 data_prefix=dict(img='train/'), filter_cfg=dict(filter_empty_gt=True),
+                 pipeline=train_pipeline))
+train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=4, val_interval=1000)
+val_cfg = val_dataloader = val_evaluator = None
+test_cfg = test_dataloader = test_evaluator = None
+param_scheduler = []
+optim_wrapper = dict(optimizer=dict(lr=1e-3))
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(by_epoch=False, interval=1),
+                     visualization=dict(draw=False))
+log_processor = dict(by_epoch=False)
+randomness = dict(seed=0)
+# float32 on the CPU (the shipped config computes the blocks in bfloat16 on GPUs)
+strategy = dict(model_wrapper=dict(auto_wrap_policy=dict(_delete_=True,
+                                                         type='timm_block_wrap_policy')))
+"""
+
+
+def small_fsdp_config(root):
+    """The shipped FSDP config (ViTDet-style Mask R-CNN: simple pyramid, FPN, layer decay, FSDP
+    with the timm block policies, activation checkpointing) shrunk for CPU tests: vit_tiny
+    (frozen_stages=1), 32-channel heads, 8 synthetic 64x64 images (generated here), batch 1,
+    4 iterations with a checkpoint each, float32. Written to `root/small_fsdp.py`.
+
+    Returns:
+        The config's path.
+    """
+    from timm_backbones.data import make_synthetic_coco
+    data_root = os.path.join(str(root), 'data') + os.sep
+    make_synthetic_coco(data_root, num_train=8, num_val=2, img_size=(64, 64), obj_size=(16, 40),
+                        max_objects=2, seed=0)
+    path = os.path.join(str(root), 'small_fsdp.py')
+    with open(path, 'w') as f:
+        f.write(SMALL_FSDP.format(config=FSDP_CONFIG, data_root=data_root))
+    return path

@@ -25,7 +25,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import ROOT, unsafe_globals
+from helpers import BUILT_ON_META, ROOT, unsafe_globals
 
 TOOLS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0], '.mim',
                      'tools')
@@ -162,7 +162,8 @@ def test_benchmark_inference_builds_and_loads_then_needs_cuda(trained):
         assert 'Loads checkpoint' in out or 'load checkpoint' in out.lower()
 
 
-@pytest.mark.parametrize('path', SHIPPED, ids=os.path.basename)
+@pytest.mark.parametrize('path', [p for p in SHIPPED if os.path.basename(p) not in BUILT_ON_META],
+                         ids=os.path.basename)
 def test_mmdet_init_detector_on_every_shipped_config(path, tmp_path):
     # rule: mmdet.apis.init_detector builds every shipped config and loads a checkpoint of it
     # with mmdet's own loader (weights-only); inference on the config's test pipeline
@@ -219,7 +220,9 @@ PRINTED = {'retinanet': 'vit_tiny_patch16_224', 'faster-rcnn': 'resnet18',
            'dino': 'convnext_atto', 'rtmdet': 'efficientnet_b0', 'yolof': 'mobilenetv3_large_100',
            'mask-rcnn': 'swin_tiny_patch4_window7_224', 'fcos': 'regnety_002', 'atss': 'resnet18',
            'cascade-rcnn': 'resnet18'}
-COCO_CONFIGS = [os.path.basename(p) for p in SHIPPED if p != DEMO] + [
+# (the ViT-L FSDP config is left to test_flexible_runner: 308 M parameters and a launcher)
+COCO_CONFIGS = [os.path.basename(p) for p in SHIPPED
+                if p != DEMO and os.path.basename(p) not in BUILT_ON_META] + [
     f'config {family} {arch}' for family, arch in PRINTED.items()]
 
 
