@@ -72,11 +72,18 @@ def test_registered_where_mmseg_looks():
     assert DATASETS.get('PerSampleSeedDataset') is not None
     assert DATASETS.get('SyntheticShapesSegDataset') is not None
     assert DATA_SAMPLERS.get('PerSampleSeedSampler') is not None
-    # mmseg's MODELS resolves what it builds ('auto' fields), as mmdet's does
+    # mmseg's MODELS resolves what it builds ('auto' fields), as mmdet's does, whichever was
+    # imported first (mmseg's tools import mmseg before the configs' custom_imports); both
+    # spellings of the backbone
+    assert getattr(MODELS.build_func, 'resolves_timm_backbones', False)
     cfg = load(DEMO)
-    segmentor = MODELS.build(cfg.model)
-    assert segmentor.decode_head.in_channels == [64, 128, 256, 512]
-    assert segmentor.auxiliary_head.in_channels == 256
+    for backbone in (cfg.model.backbone, dict(type='timm.convnext_atto', pretrained=False)):
+        cfg.model.backbone = backbone
+        segmentor = MODELS.build(cfg.model)
+        assert isinstance(segmentor.backbone, TimmBackbone)
+        assert segmentor.decode_head.in_channels == segmentor.backbone.out_channels
+    assert segmentor.decode_head.in_channels == [40, 80, 160, 320]
+    assert segmentor.auxiliary_head.in_channels == 160
 
 
 def test_every_segmentation_family_has_a_shipped_config():

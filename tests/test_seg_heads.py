@@ -36,6 +36,11 @@ def resolved(model):
     return resolve_config(dict(model=model))['model']
 
 
+def _fails(model, match):
+    with pytest.raises(ValueError, match=match):
+        resolved(model)
+
+
 # ---- what is filled -----------------------------------------------------------------------------
 def test_upernet_and_its_auxiliary_head():
     model = resolved(segmentor(UPERNET, timm('resnet18'), decode_head=AUTO, auxiliary_head=AUTO))
@@ -185,14 +190,15 @@ def test_data_preprocessor():
     model = resolved(segmentor(UPERNET, timm('resnet18'), decode_head=AUTO, auxiliary_head=AUTO,
                                data_preprocessor=dict(size=(512, 512), size_divisor='auto')))
     assert model['data_preprocessor']['size_divisor'] is None
+    # as in detection: the base's ImageNet values fail with a pretrained backbone trained with
+    # other values, with the fix
+    _fails(segmentor(UPERNET, timm('vit_tiny_patch16_224.augreg_in21k', pretrained=True),
+                     decode_head=AUTO, auxiliary_head=AUTO),
+           r"data_preprocessor.mean=\[123.675, 116.28, 103.53\] does not match the normalization "
+           r".*must be \[127.5, 127.5, 127.5\].*Fix: set mean='auto', std='auto'")
 
 
 # ---- errors -------------------------------------------------------------------------------------
-def _fails(model, match):
-    with pytest.raises(ValueError, match=match):
-        resolved(model)
-
-
 def test_values_inherited_from_a_resnet_base_are_rejected():
     # rule: explicit values that disagree with the backbone fail naming the field, the value,
     # the right value and the fix ('auto'), as in detection

@@ -12,6 +12,7 @@ error of ours); 'failed' (anything else: a wiring bug to fix). Segmentation fami
 checked the same way (`check_seg_family`): backbone, neck and every decode and auxiliary head.
 """
 import copy
+import importlib.metadata
 import math
 import os
 import time
@@ -346,9 +347,13 @@ def environment() -> Dict[str, str]:
     import timm
 
     from .version import __version__
-    return dict(timm=timm.__version__, torch=torch.__version__.split('+')[0],
-                mmdet=mmdet.__version__, mmengine=mmengine.__version__,
-                timm_backbones=__version__, cpus=str(os.cpu_count()))
+    found = dict(timm=timm.__version__, torch=torch.__version__.split('+')[0],
+                 mmdet=mmdet.__version__, mmengine=mmengine.__version__)
+    try:  # read, not imported (the segmentation families import it when they are checked)
+        found['mmseg'] = importlib.metadata.version('mmsegmentation')
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return dict(found, timm_backbones=__version__, cpus=str(os.cpu_count()))
 
 
 def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:

@@ -71,5 +71,6 @@ default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=200, max_keep_ckpts=2),
     visualization=dict(draw=True, interval=25))  # 4 of the 100 validation images, with masks
+visualizer = dict(alpha=0.6)  # masks over the image, the shapes still visible beneath
 custom_hooks = [dict(type='LossCurveHook', interval=50)]
 randomness = dict(seed=0)
