@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo compatibility specs-speed
+.PHONY: install test test-slow demo demo-seg compatibility specs-speed
 
 install:  ## Pinned stack + this package, idempotent (fast when already done).
 	VENV=$(VENV) bash tools/install.sh
@@ -22,6 +22,9 @@ DEMO_ENV ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OMP_N
 
 demo: install  ## The main job: train + evaluate a detector with a timm backbone on built-in data.
 	env $(DEMO_ENV) $(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py
+
+demo-seg: install  ## Segmentation: train + evaluate UPerNet with a timm backbone on built-in data (mIoU, predicted masks).
+	$(PY) tools/train.py configs/seg/upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py
 
 compatibility: install  ## docs/compatibility.{csv,md}: every timm architecture x the detector families (resumes an interrupted run; RESTART=1 starts over).
 	nice -n 10 $(PY) tools/sweep.py --jobs $(or $(JOBS),2) --csv docs/compatibility.csv --md docs/compatibility.md $(if $(RESTART),--restart)

@@ -1,5 +1,5 @@
-"""Shared test helpers (one module): paths, mmdet's own configs with a timm backbone swapped in,
-the representative model lists the fast tests parametrize over, and a free local port.
+"""Shared test helpers (one module): paths, mmdet's (and mmseg's) own configs with a timm backbone
+swapped in, the representative model lists the fast tests parametrize over, and a free local port.
 
 `Config.fromfile('mmdet::...')` only resolves inside `_base_`, so mmdet's configs load by path.
 """
@@ -19,6 +19,8 @@ from timm_backbones.wiring import neck_levels
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MMDET_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
                              '.mim', 'configs')
+MMSEG = importlib.util.find_spec('mmseg').submodule_search_locations[0]  # found, not imported
+MMSEG_CONFIGS = os.path.join(MMSEG, '.mim', 'configs')
 
 # ---- representative timm models ----------------------------------------------------------------
 CNNS = ['resnet18', 'efficientnet_b0', 'mobilenetv3_large_100', 'regnety_002', 'densenet121',
@@ -37,6 +39,11 @@ NON_SQUARE = (256, 320)  # H, W used in tests: non-square, small, valid for ever
 def mmdet_config(path):
     """mmdet's config `path` (under mmdet/.mim/configs), as a fresh `Config`."""
     return Config.fromfile(os.path.join(MMDET_CONFIGS, path))
+
+
+def mmseg_config(path):
+    """mmseg's config `path` (under mmseg/.mim/configs), as a fresh `Config`."""
+    return Config.fromfile(os.path.join(MMSEG_CONFIGS, path))
 
 
 @functools.lru_cache(maxsize=None)
