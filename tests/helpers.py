@@ -10,6 +10,8 @@ import math
 import os
 import re
 import socket
+import subprocess
+import sys
 
 import torch
 
@@ -119,6 +121,31 @@ FAMILIES = {
                      {'model.test_cfg.rcnn.score_thr': 0.01}),
     'dino': ('dino-4scale_timm-swin-tiny_8xb2-12e_coco.py', {}),
 }
+
+
+DEMO_CONFIG = os.path.join(ROOT, 'configs', FAMILIES['retinanet-demo'][0])
+
+
+def run_tool(*args, timeout=900, env=None):
+    """`python *args` in the repository (PYTHONPATH=ROOT, one thread), output captured."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def demo_export(folder):
+    """The demo detector (`family_detector`), saved as a checkpoint in `folder` and exported by
+    tools/export.py --check: (model, checkpoint, onnx file, the tool's stdout)."""
+    model = family_detector('retinanet-demo')
+    ckpt = folder / 'demo.pth'
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': dict(classes=list(model.dataset_meta['classes']))}},
+               ckpt)
+    onnx = folder / 'demo.onnx'
+    proc = run_tool(os.path.join(ROOT, 'tools', 'export.py'), DEMO_CONFIG, str(ckpt), '--out',
+                    str(onnx), '--check')
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return model, ckpt, onnx, proc.stdout
 
 
 def family_detector(family, **options):

@@ -3,8 +3,9 @@ PyTorch gives mmdet's own `predict` detections (boxes, scores, labels, masks) fo
 detector family, from uint8 images through the in-graph preprocessing and post-processing; what
 it cannot reproduce fails up front naming the detector, the setting or part, and the fix.
 
-The fast cases swap in a small backbone (`resnet18`: the post-processing does not depend on it);
-`tests/test_export_end2end.py` exports the shipped backbones."""
+The cases swap in a small backbone (`resnet18`: the post-processing does not depend on it);
+`tests/test_export_end2end.py` exports the shipped backbones. RetinaNet (PVTv2 config), ATSS,
+YOLOF and RTMDet run in `make test-slow` (their kinds of post-processing are in the fast ones)."""
 import pytest
 import torch
 
@@ -20,7 +21,13 @@ ODD = (117, 150)  # not a multiple of the pad divisor: padded in the graph, clip
 DINO_SIZE, DINO_ODD = (224, 256), (221, 250)
 
 
-@pytest.mark.parametrize('family', sorted(FAMILIES))
+# one family per kind of post-processing in the fast suite (anchors, points + centerness,
+# two-stage, masks, cascade, DETR); the others in make test-slow
+FAST = ['retinanet-demo', 'fcos', 'faster-rcnn', 'mask-rcnn', 'cascade-rcnn', 'dino']
+PARAMS = [f if f in FAST else pytest.param(f, marks=pytest.mark.slow) for f in sorted(FAMILIES)]
+
+
+@pytest.mark.parametrize('family', PARAMS)
 def test_family_equals_predict(family, one_thread):
     # rule: the same detections as predict for every shipped family (eager)
     model = family_detector(family, **{'model.backbone.model_name': 'resnet18'})
@@ -96,3 +103,15 @@ def test_unsupported_families_fail_naming_them(path, backbone, message):
 def test_output_names():
     assert output_names(family_detector('retinanet-demo')) == ['boxes', 'scores', 'labels',
                                                                  'num_dets']
+
+
+def test_deploy_is_a_layer_above_the_engine():
+    # rule: deploy/ builds on the package; nothing in the package imports it back (tools do)
+    import glob
+    import os
+
+    from helpers import ROOT
+    from test_layout import _imported
+    for path in glob.glob(os.path.join(ROOT, 'timm_backbones', '**', '*.py'), recursive=True):
+        if os.sep + 'deploy' + os.sep not in path:
+            assert not [n for n in _imported(path) if n.startswith('timm_backbones.deploy')], path

@@ -2,7 +2,7 @@
 images in, boxes / scores / labels / num_dets (and masks) out, with the data preprocessor, the
 head's decoding and NMS (ONNX NonMaxSuppression) inside the graph; K and the thresholds come from
 the config's test_cfg. `--raw` exports the head tensors instead (no post-processing, a normalized
-float input). Dynamic batch, height and width where the exporter allows (printed).
+float input). Dynamic batch, height and width where the exporter allows (--dynamic; printed).
 
 Needs the `export` extra (`pip install -e '.[export]'`; `make install` installs it).
 
@@ -34,10 +34,12 @@ def parse_args() -> argparse.Namespace:
                         "pipeline's Resize scale; required with --raw)")
     parser.add_argument('--batch', type=int, default=1,
                         help='batch size of the example input (end to end; the batch axis '
-                        'stays dynamic unless --static)')
-    parser.add_argument('--static', action='store_true',
-                        help='end to end: fix batch, height and width to the example input '
-                        '(default: dynamic where the exporter allows)')
+                        'stays dynamic unless --dynamic none)')
+    parser.add_argument('--dynamic', choices=('auto', 'all', 'batch', 'none'), default='auto',
+                        help='end to end: the input axes left dynamic: all (batch, height, '
+                        'width), batch, or none (exactly --batch x 3 x --shape); auto (default): '
+                        'all, or batch for backbones that pad their input inside (Swin, HRNet), '
+                        'whose dynamic size torch.export does not trace in reasonable time')
     parser.add_argument('--raw', action='store_true',
                         help="export the detector's mode='tensor' forward (head tensors, no "
                         'post-processing) for a (1, 3, H, W) normalized float input')
@@ -85,7 +87,7 @@ def main() -> None:
         return
     try:
         result = export_end2end(model, args.out, shape, batch=args.batch,
-                                dynamic=not args.static, opset_version=args.opset)
+                                dynamic=args.dynamic, opset_version=args.opset)
     except ExportError as err:
         sys.exit(f'error: {err}')
     dims = [d if d in result.dynamic else str(result.static[d])

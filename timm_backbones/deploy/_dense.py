@@ -63,17 +63,8 @@ def check_dense_head(head: nn.Module, where: str) -> None:
         head: The detector's `bbox_head`.
         where: The detector's name for messages.
     """
-    if not isinstance(head, BaseDenseHead) or isinstance(head, RPNHead):
-        raise ExportError(f'{where}: the end-to-end export handles single-stage detectors whose '
-                          f'head is an mmdet BaseDenseHead, not {type(head).__name__}. Export the '
-                          f'head tensors with --raw.')
-    changed = _overridden(head, BaseDenseHead, 'predict_by_feat', '_predict_by_feat_single',
-                          '_bbox_post_process', 'predict')
-    if changed:
-        raise ExportError(f'{where}: {type(head).__name__} overrides {", ".join(changed)} of '
-                          f"BaseDenseHead, so its detections are not BaseDenseHead's "
-                          f'post-processing, which the end-to-end graph reproduces. Export the '
-                          f'head tensors with --raw.')
+    _check_head(head, BaseDenseHead, 'single-stage detectors whose bbox_head', where,
+                exclude=RPNHead)
     if getattr(head.loss_cls, 'custom_cls_channels', False):
         raise ExportError(f'{where}: {type(head.loss_cls).__name__} has custom class channels '
                           f'(custom activation), which the end-to-end graph does not reproduce. '
@@ -166,16 +157,23 @@ def dense_detections(head: nn.Module, outs: Sequence[List[Tensor]], size: ImageS
 
 def check_rpn_head(head: nn.Module, where: str) -> None:
     """Refuse an RPN head whose post-processing is not `RPNHead`'s."""
-    if not isinstance(head, RPNHead):
-        raise ExportError(f'{where}: the end-to-end export handles two-stage detectors whose '
-                          f'rpn_head is an mmdet RPNHead, not {type(head).__name__}. Export the '
-                          f'head tensors with --raw.')
-    changed = _overridden(head, RPNHead, 'predict_by_feat', '_predict_by_feat_single',
+    _check_head(head, RPNHead, 'two-stage detectors whose rpn_head', where)
+
+
+def _check_head(head: nn.Module, base: type, role: str, where: str,
+                exclude: Optional[type] = None) -> None:
+    """`head` must be a `base` (not an `exclude`) that keeps `base`'s prediction methods."""
+    if not isinstance(head, base) or (exclude is not None and isinstance(head, exclude)):
+        raise ExportError(f'{where}: the end-to-end export handles {role} is an mmdet '
+                          f'{base.__name__}, not {type(head).__name__}. Export the head tensors '
+                          f'with --raw.')
+    changed = _overridden(head, base, 'predict_by_feat', '_predict_by_feat_single',
                           '_bbox_post_process', 'predict')
     if changed:
         raise ExportError(f'{where}: {type(head).__name__} overrides {", ".join(changed)} of '
-                          f'RPNHead; the end-to-end graph reproduces RPNHead\'s proposals. Export '
-                          f'the head tensors with --raw.')
+                          f"{base.__name__}, so its detections are not {base.__name__}'s "
+                          f'post-processing, which the end-to-end graph reproduces. Export the '
+                          f'head tensors with --raw.')
 
 
 def rpn_proposals(head: nn.Module, outs: Sequence[List[Tensor]], size: ImageSize,

@@ -188,7 +188,7 @@ def _pre_transformer(detector: nn.Module, feats: Sequence[Tensor], size: ImageSi
     rows = torch.arange(padded[0], device=device)[:, None] >= size[0]
     cols = torch.arange(padded[1], device=device)[None, :] >= size[1]
     masks = (rows | cols).to(feats[0].dtype)[None].expand(batch, -1, -1)
-    flat_feats, flat_pos, flat_masks, shapes, mlvl_masks = [], [], [], [], []
+    flat_feats, flat_pos, flat_masks, mlvl_masks = [], [], [], []
     for lvl, feat in enumerate(feats):
         mask = F.interpolate(masks[None], size=feat.shape[-2:]).to(torch.bool).squeeze(0)
         pos = detector.positional_encoding(mask)
@@ -197,10 +197,11 @@ def _pre_transformer(detector: nn.Module, feats: Sequence[Tensor], size: ImageSi
         pos = pos.view(batch, channels, -1).permute(0, 2, 1)
         flat_pos.append(pos + detector.level_embed[lvl].view(1, 1, -1))
         flat_masks.append(mask.flatten(1))
-        shapes.append(torch._shape_as_tensor(feat)[2:].to(device))
         mlvl_masks.append(mask)
     mask_flatten = torch.cat(flat_masks, 1)
-    spatial_shapes = torch.cat(shapes).view(-1, 2)
+    # mmdet: torch._shape_as_tensor per level, which torch.export cannot trace
+    spatial_shapes = torch.tensor([list(f.shape[-2:]) for f in feats], dtype=torch.long,
+                                  device=device)
     level_start_index = torch.cat((spatial_shapes.new_zeros((1, )),
                                    spatial_shapes.prod(1).cumsum(0)[:-1]))
     valid_ratios = torch.stack([detector.get_valid_ratio(m) for m in mlvl_masks], 1)

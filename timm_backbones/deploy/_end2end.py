@@ -175,9 +175,9 @@ class End2EndDetector(nn.Module):
         size = (images.shape[2], images.shape[3])
         inputs = self.preprocess(images)
         padded = (inputs.shape[2], inputs.shape[3])
-        feats = self.detector.extract_feat(inputs)
         masks = None
         with mmdet_eager_paths():
+            feats = self.detector.extract_feat(inputs)
             if self.family == 'dense':
                 outs = self.detector.bbox_head(feats)
                 dets = dense_detections(self.detector.bbox_head, outs, size,

@@ -1,6 +1,7 @@
 """Exporting `End2EndDetector` to ONNX with torch's dynamo exporter: dynamic batch, height and
 width where the exporter keeps them dynamic (`torch.export.Dim.AUTO`; the axes it had to fix are
-reported and recorded), the in-graph ops' translations, the metadata a deploy target needs
+reported and recorded; `DYNAMIC` says which axes are asked for, `dynamic_axes_for` decides
+`'auto'`), the in-graph ops' translations, the metadata a deploy target needs
 (class names, the test pipeline's resize and pad, thresholds) in the model's `metadata_props`,
 and exporter failures turned into an `ExportError` naming the family and the operation.
 """
@@ -20,10 +21,11 @@ from ._ops import translations
 from ._settings import ExportError
 
 __all__ = ['export_end2end', 'ExportResult', 'onnx_metadata', 'pipeline_steps', 'run_end2end',
-           'check_end2end',
-           'INPUT_NAME', 'OPSET']
+           'check_end2end', 'dynamic_axes_for', 'INPUT_NAME', 'OPSET', 'DYNAMIC']
 
 INPUT_NAME = 'images'
+# which input axes are made dynamic; 'auto': see dynamic_axes_for
+DYNAMIC = {'all': ('batch', 'height', 'width'), 'batch': ('batch', ), 'none': ()}
 OPSET = 18  # RoiAlign half_pixel needs >= 16, GridSample >= 16
 _AXES = {0: 'batch', 2: 'height', 3: 'width'}
 # test pipeline transforms the deploy runtime (tools/infer_onnx.py) replays, and those it skips
@@ -130,6 +132,20 @@ def _test_cfgs(detector: nn.Module, family: str) -> Dict[str, Any]:
     return {TEST_CFG[family]: dict(detector.bbox_head.test_cfg)}
 
 
+def dynamic_axes_for(detector: nn.Module) -> str:
+    """`'all'`, or `'batch'` for a detector whose timm backbone pads its input inside
+    (`pad_divisor > 1`: windowed transformers such as Swin, HRNet): torch.export's symbolic
+    shapes through Swin's per-block window padding did not finish in 30 minutes (Swin-T, DINO),
+    against 3 minutes with a fixed height and width.
+
+    Example:
+        >>> dynamic_axes_for(init_detector('configs/dino-4scale_timm-swin-tiny_8xb2-12e_coco.py'))
+        'batch'
+    """
+    specs = getattr(getattr(detector, 'backbone', None), 'feature_specs', None) or ()
+    return 'batch' if any(spec.pad_divisor > 1 for spec in specs) else 'all'
+
+
 def _dynamic_axes(model: Any) -> Tuple[List[str], Dict[str, int]]:
     """The exported input's dynamic axes and the sizes of the static ones."""
     shape = model.graph.inputs[0].shape
@@ -144,22 +160,28 @@ def _dynamic_axes(model: Any) -> Tuple[List[str], Dict[str, int]]:
 
 
 def _failure(err: Exception, family: str, detector: nn.Module) -> ExportError:
-    """An exporter error as one `ExportError` naming the family, backbone and operation."""
-    text = f'{type(err).__name__}: {err}'
+    """An exporter error as one `ExportError` naming the family, backbone and operation: the
+    innermost cause's first line (the exporter wraps it in a page of advice) and the first
+    operator named anywhere in the chain."""
+    chain = [err]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    text = '\n'.join(f'{type(e).__name__}: {e}' for e in chain)
     ops = re.findall(r"(?:aten|torchvision|mmcv|timm_backbones|prims)(?:::|\.)[A-Za-z_0-9.]+",
                      text)
-    backbone = getattr(detector.backbone, 'model_name', type(detector.backbone).__name__) \
-        if hasattr(detector, 'backbone') else '?'
+    root = chain[-1]
+    first = next((line.strip() for line in str(root).splitlines() if line.strip()), '')
+    backbone = getattr(getattr(detector, 'backbone', None), 'model_name',
+                       type(getattr(detector, 'backbone', detector)).__name__)
     where = f'{type(detector).__name__} ({family}) with backbone {backbone}'
-    operation = f'at {ops[0]}' if ops else 'in'
-    first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-    return ExportError(f'{where} could not be exported end to end: torch.onnx (dynamo) failed '
-                       f'{operation}: {first[:400]}. Try a fixed input size (--static), or '
-                       f'export the head tensors with --raw.')
+    operation = f' at {ops[0]}' if ops else ''
+    return ExportError(f'{where} could not be exported end to end: torch.onnx (dynamo) '
+                       f'failed{operation}: {type(root).__name__}: {first[:300]}. Try a fixed '
+                       f'input size (--dynamic none), or export the head tensors with --raw.')
 
 
 def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[int],
-                   batch: int = 1, dynamic: bool = True,
+                   batch: int = 1, dynamic: str = 'auto',
                    opset_version: Optional[int] = None) -> ExportResult:
     """Export a detector end to end (uint8 images -> boxes, scores, labels, num_dets [, masks])
     to ONNX with torch's dynamo exporter; see `End2EndDetector` for the graph's interface.
@@ -170,8 +192,9 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
         out: The `.onnx` file to write (weights embedded).
         shape: (H, W) of the example input the graph is traced with.
         batch: Batch size of the example input.
-        dynamic: Leave batch, height and width dynamic where the exporter can (axes it must fix
-            are reported in the result); False exports for exactly `(batch, 3, H, W)`.
+        dynamic: Which input axes to leave dynamic: `'all'` (batch, height, width), `'batch'`,
+            `'none'` (exactly `(batch, 3, H, W)`), or `'auto'` (`dynamic_axes_for`). Axes the
+            exporter has to fix anyway are reported in the result.
         opset_version: ONNX opset (default `OPSET`).
 
     Returns:
@@ -195,14 +218,26 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
     model = End2EndDetector(detector).eval()
     example = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
-    dynamic_shapes = ({axis: torch.export.Dim.AUTO for axis in _AXES}, ) if dynamic else None
+    if dynamic == 'auto':
+        dynamic = dynamic_axes_for(detector)
+    if dynamic not in DYNAMIC:
+        raise ValueError(f"dynamic must be one of 'auto', {', '.join(map(repr, DYNAMIC))}, got "
+                         f'{dynamic!r}')
+    dynamic_shapes = ({axis: torch.export.Dim.AUTO if name in DYNAMIC[dynamic] else
+                       torch.export.Dim.STATIC for axis, name in _AXES.items()}, )
     try:
         with torch.no_grad():
+            # torch.export first, non-strict (what the ONNX exporter tries first): its error is
+            # the one to report, and the exporter's fallbacks (dynamo strict, TorchScript) take
+            # far longer without succeeding where it failed
+            # (backed_size_oblivious, as the exporter sets it: a batch of 1 stays dynamic)
+            with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+                exported = torch.export.export(model, (example, ),
+                                               dynamic_shapes=dynamic_shapes, strict=False)
             program = torch.onnx.export(
-                model, (example, ), dynamo=True, input_names=[INPUT_NAME],
-                output_names=model.output_names, dynamic_shapes=dynamic_shapes,
-                opset_version=opset_version or OPSET, custom_translation_table=translations(),
-                verbose=False)
+                exported, (example, ), dynamo=True, input_names=[INPUT_NAME],
+                output_names=model.output_names, opset_version=opset_version or OPSET,
+                custom_translation_table=translations(), verbose=False)
     except ExportError:
         raise
     except Exception as err:  # the exporter's errors have no common base class

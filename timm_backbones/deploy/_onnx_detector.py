@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from mmdet.models.utils import samplelist_boxtype2tensor
 from mmdet.registry import DATASETS, MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import Config
@@ -155,6 +156,7 @@ class OnnxDetector(BaseModel):
             data_samples = [DetDataSample(metainfo=dict(
                 ori_shape=tuple(i.shape[-2:]), img_shape=tuple(i.shape[-2:]),
                 scale_factor=(1.0, 1.0))) for i in images]
+        samplelist_boxtype2tensor(data_samples)  # as mmdet's DetDataPreprocessor does
         start = 0
         while start < len(images):
             end = start + 1
