@@ -73,7 +73,8 @@ def export_and_compare(family, tmp_path, size, **options):
 def test_two_stage_exports_end_to_end(tmp_path, one_thread):
     # rule: Faster R-CNN (RPN proposals, RoIAlign, per-class NMS) in the graph equals predict
     compared, result = export_and_compare('faster-rcnn', tmp_path, (128, 160),
-                                          **{'model.backbone.model_name': 'resnet18'})
+                                          **{'model.backbone.model_name': 'resnet18',
+                                             'model.test_cfg.rpn.max_per_img': 150})
     assert compared > 0 and result.dynamic == ['batch', 'height', 'width']
 
 
@@ -132,6 +133,13 @@ def test_tool_static_batch(demo, tmp_path):
                                   reference_detections(model, images)) > 0
     with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument):
         run_end2end(out, uint8_images(1, (256, 256)))  # rule: static means static
+    from timm_backbones.deploy import OnnxDetector
+    detector = OnnxDetector(str(out))
+    with pytest.raises(ValueError, match=r'takes images of exactly 256x256 .* gives 200x300\. '
+                                         r'Export with --dynamic all'):
+        detector([torch.zeros(3, 200, 300, dtype=torch.uint8)] * 2)
+    with pytest.raises(ValueError, match=r'takes batches of exactly 2 images, got 3'):
+        detector([torch.zeros(3, 256, 256, dtype=torch.uint8)] * 3)
 
 
 # one backbone per kind of the --raw table (README), end to end in the demo config

@@ -69,6 +69,7 @@ class Detector:
                              f'(outputs {outputs}, no pipeline metadata); export it without '
                              f'--raw.')
         self.outputs = outputs
+        self.input_shape = self.session.get_inputs()[0].shape  # ints where the graph is static
         self.classes: List[str] = list(meta.get('classes') or [])
         self.pipeline: List[Dict[str, Any]] = meta['pipeline']
         self.family = meta.get('family', 'dense')
@@ -92,6 +93,13 @@ class Detector:
     def __call__(self, image: np.ndarray) -> Dict[str, np.ndarray]:
         """Detections of one BGR image in its own pixels: boxes, scores, labels (and masks)."""
         tensor, scale = self.prepare(image)
+        fixed = self.input_shape[2:]
+        if any(isinstance(f, int) and f != s for f, s in zip(fixed, tensor.shape[1:])):
+            raise SystemExit(f'error: the graph takes images of exactly {fixed[0]}x{fixed[1]} '
+                             f'(fixed when it was exported); the pipeline of its metadata '
+                             f'gives {tensor.shape[1]}x{tensor.shape[2]}. Export it with '
+                             f'--dynamic all, or with a test pipeline that resizes or pads to '
+                             f'that size.')
         results = dict(zip(self.outputs, self.session.run(None, {'images': tensor[None]})))
         count = int(results['num_dets'][0])
         boxes = results['boxes'][0, :count].astype(np.float32)

@@ -191,7 +191,7 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
             `dataset_meta['classes']` and `cfg` go into the metadata.
         out: The `.onnx` file to write (weights embedded).
         shape: (H, W) of the example input the graph is traced with.
-        batch: Batch size of the example input.
+        batch: Batch size of the example input (a dynamic batch is traced with at least 2).
         dynamic: Which input axes to leave dynamic: `'all'` (batch, height, width), `'batch'`,
             `'none'` (exactly `(batch, 3, H, W)`), or `'auto'` (`dynamic_axes_for`). Axes the
             exporter has to fix anyway are reported in the result.
@@ -216,8 +216,6 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
         raise ValueError(f'batch must be a positive int, got {batch!r}')
     detector = detector.eval()
     model = End2EndDetector(detector).eval()
-    example = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8,
-                            generator=torch.Generator().manual_seed(0))
     if dynamic == 'auto':
         dynamic = dynamic_axes_for(detector)
     if dynamic not in DYNAMIC:
@@ -225,15 +223,18 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
                          f'{dynamic!r}')
     dynamic_shapes = ({axis: torch.export.Dim.AUTO if name in DYNAMIC[dynamic] else
                        torch.export.Dim.STATIC for axis, name in _AXES.items()}, )
+    # a dynamic batch is traced with 2 images: traced with 1, some models' reshapes keep a
+    # literal 1 (PVTv2's attention, DINO-Swin: measured) and fail on larger batches
+    traced = max(batch, 2) if 'batch' in DYNAMIC[dynamic] else batch
+    example = torch.randint(0, 256, (traced, 3, *shape), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
             # torch.export first, non-strict (what the ONNX exporter tries first): its error is
             # the one to report, and the exporter's fallbacks (dynamo strict, TorchScript) take
             # far longer without succeeding where it failed
-            # (backed_size_oblivious, as the exporter sets it: a batch of 1 stays dynamic)
-            with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-                exported = torch.export.export(model, (example, ),
-                                               dynamic_shapes=dynamic_shapes, strict=False)
+            exported = torch.export.export(model, (example, ), dynamic_shapes=dynamic_shapes,
+                                           strict=False)
             program = torch.onnx.export(
                 exported, (example, ), dynamo=True, input_names=[INPUT_NAME],
                 output_names=model.output_names, opset_version=opset_version or OPSET,

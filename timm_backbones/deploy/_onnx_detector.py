@@ -133,6 +133,9 @@ class OnnxDetector(BaseModel):
                               f'it again without --raw.')
         self.outputs = outputs
         self.family = self.metadata.get('family', 'dense')
+        shape = self.session.get_inputs()[0].shape  # ints where the graph is static
+        self.static = {name: size for name, size in zip(('batch', None, 'height', 'width'), shape)
+                       if name and isinstance(size, int)}
 
     def forward(self, inputs: Union[Tensor, List[Tensor]],
                 data_samples: Optional[List[DetDataSample]] = None,
@@ -167,10 +170,27 @@ class OnnxDetector(BaseModel):
         return data_samples
 
     def _run(self, images: List[Tensor], samples: List[DetDataSample]) -> None:
-        for i, image in enumerate(images):
+        for image in images:
             if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f'OnnxDetector takes (3, H, W) uint8 images as the test '
                                  f'pipeline packs them, got {tuple(image.shape)} {image.dtype}')
+        fixed = (self.static.get('height'), self.static.get('width'))
+        if fixed != (None, None) and any(
+                f is not None and f != s for f, s in zip(fixed, images[0].shape[-2:])):
+            raise ValueError(f'{self.onnx_file} takes images of exactly {fixed[0]}x{fixed[1]} '
+                             f'(height x width fixed when it was exported), the test pipeline '
+                             f'gives {images[0].shape[1]}x{images[0].shape[2]}. Export with '
+                             f'--dynamic all, or make the pipeline produce that size (Resize '
+                             f'with keep_ratio=False, or Pad with size).')
+        if self.static.get('batch') not in (None, len(images)):
+            if self.static['batch'] != 1:
+                raise ValueError(f"{self.onnx_file} takes batches of exactly "
+                                 f"{self.static['batch']} images, got {len(images)} of one size; "
+                                 f'export with --dynamic batch or all, or set the dataloader\'s '
+                                 f'batch_size.')
+            for image, sample in zip(images, samples):  # a graph for single images
+                self._run([image], [sample])
+            return
         batch = torch.stack([image.cpu() for image in images]).numpy()
         results = dict(zip(self.outputs, self.session.run(None, {INPUT_NAME: batch})))
         with_masks = 'masks' in results

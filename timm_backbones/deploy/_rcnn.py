@@ -86,9 +86,10 @@ def _check_extractor(extractor: nn.Module, where: str) -> None:
     for layer in extractor.roi_layers:
         kind = type(layer).__name__
         if kind != 'RoIAlign' or getattr(layer, 'pool_mode', 'avg') != 'avg':
-            raise ExportError(f"{where} uses {kind} (pool_mode={getattr(layer, 'pool_mode', None)!r}"
-                              f"): the end-to-end graph has RoIAlign with pool_mode='avg' (ONNX "
-                              f'RoiAlign). Export the head tensors with --raw.')
+            mode = getattr(layer, 'pool_mode', None)
+            raise ExportError(f"{where} uses {kind} (pool_mode={mode!r}): the end-to-end graph "
+                              f"has RoIAlign with pool_mode='avg' (ONNX RoiAlign). Export the "
+                              f'head tensors with --raw.')
 
 
 def _roi_features(extractor: nn.Module, feats: Sequence[Tensor], rois: Tensor) -> Tensor:
