@@ -24,7 +24,7 @@ demo: install  ## The main job: train + evaluate a detector with a timm backbone
 	env $(DEMO_ENV) $(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py
 
 demo-seg: install  ## Segmentation: train + evaluate UPerNet with a timm backbone on built-in data (mIoU, predicted masks).
-	$(PY) tools/train.py configs/seg/upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py
+	$(PY) tools/train.py configs/seg/upernet_timm-resnet18_1xb8-400it_synthetic-shapes-128x128.py
 
 compatibility: install  ## docs/compatibility.{csv,md}: every timm architecture x the detector families (resumes an interrupted run; RESTART=1 starts over).
 	nice -n 10 $(PY) tools/sweep.py --jobs $(or $(JOBS),2) --csv docs/compatibility.csv --md docs/compatibility.md $(if $(RESTART),--restart)

@@ -121,9 +121,12 @@ def _copy_weights(src, dst):
                         strict=False)
 
 
-@pytest.mark.parametrize('name', ['resnet18', 'efficientnet_b0', 'convnext_atto',
-                                  'swin_tiny_patch4_window7_224', 'vit_tiny_patch16_224',
-                                  'mobilenetv3_large_100', 'regnety_002'])
+# one model per kind of checkpointed unit in the fast suite (CNN stages, NHWC stages, ViT blocks);
+# more CNNs of the same kind in make test-slow (10-25 s each on a 2-core CPU)
+@pytest.mark.parametrize('name', ['resnet18', 'swin_tiny_patch4_window7_224',
+                                  'vit_tiny_patch16_224'] + [
+    pytest.param(name, marks=pytest.mark.slow)
+    for name in ('efficientnet_b0', 'convnext_atto', 'mobilenetv3_large_100', 'regnety_002')])
 def test_with_cp_same_outputs_and_grads(name):
     torch.manual_seed(0)
     ref = TimmBackbone(name, drop_path_rate=0.0)

@@ -121,7 +121,7 @@ def test_unreadable_pipelines_ask_for_input_size():
 SEG_ROOT = os.path.join(ROOT, 'configs', 'seg')
 UPERNET = 'upernet_timm-convnext-tiny_4xb4-160k_ade20k-512x512.py'
 MASK2FORMER = 'mask2former_timm-swin-tiny_8xb2-160k_ade20k-512x512.py'
-SEG_DEMO = 'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py'
+SEG_DEMO = 'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-128x128.py'
 
 
 def seg_config(name, **changes):
@@ -145,7 +145,7 @@ def seg_largest(cfg):
     # padded to test_cfg.size_divisor
     (MASK2FORMER, {}, (2048, 2048)),
     (MASK2FORMER, {'model.test_cfg': dict(mode='slide', crop_size=(512, 512))}, (512, 512)),
-    (SEG_DEMO, {}, (256, 256)),
+    (SEG_DEMO, {}, (128, 128)),
 ])
 def test_largest_image_of_segmentation_configs(name, changes, expected):
     assert seg_largest(seg_config(name, **changes)) == expected

@@ -25,7 +25,7 @@ from timm_backbones._norms import revert_sync_batchnorm
 SEG_CONFIGS = os.path.join(ROOT, 'configs', 'seg')
 SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(SEG_CONFIGS, '*.py')))
 ADE = [name for name in SHIPPED if '_ade20k-' in name]
-DEMO = 'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py'
+DEMO = 'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-128x128.py'
 DET_DEMO = os.path.join(ROOT, 'configs', 'retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
 ALGOS = ('upernet', 'segformer', 'fpn', 'mask2former')
 

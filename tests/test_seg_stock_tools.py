@@ -20,7 +20,7 @@ from test_stock_tools import run
 
 TOOLS = os.path.join(MMSEG, '.mim', 'tools')
 DEMO = os.path.join(ROOT, 'configs', 'seg',
-                    'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py')
+                    'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-128x128.py')
 SMALL = ['train_dataloader.dataset.indices=8', 'val_dataloader.dataset.indices=2',
          'test_dataloader.dataset.indices=2', 'train_dataloader.batch_size=2']
 
