@@ -115,3 +115,15 @@ def test_unreadable_pipelines_ask_for_input_size():
         resolve_config(alone)
     with pytest.raises(ValueError, match="input_size='auto' is filled by resolve_config"):
         TimmBackbone('efficientformerv2_s0', input_size='auto')  # built directly
+
+
+def test_auto_size_covers_the_margin_of_short_maps():
+    # pit's stride-8 map falls a pixel short of input / 8: built for the largest image plus
+    # that margin, its maps cover every image of the pipeline
+    cfg = pipeline_cfg(dict(type='Resize', scale=(416, 320), keep_ratio=False))
+    cfg['model']['backbone'] = dict(type='TimmBackbone', model_name='pit_ti_224',
+                                    input_size='auto')
+    backbone_cfg = resolve_config(cfg)['model']['backbone']
+    assert list(backbone_cfg['input_size']) == [328, 424]
+    backbone = MODELS.build(backbone_cfg)
+    assert backbone.plan.max_input == (320, 416)
