@@ -18,7 +18,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ._cache import Memo, kwargs_key
-from ._meta_ops import fast_meta
+from ._meta_ops import on_meta
 from ._specs import round_up, size_near
 from ._timm import UnsupportedOptions, check_model_name, create_features, output_format
 
@@ -179,6 +179,8 @@ def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
     """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or the
     exception the model raised there (kept for the error message if no size works).
 
+    Meta forwards run with the meta device as the default (`on_meta`): tensors a model makes
+    while it runs (ConViT's index tables, rotary embeddings) take no memory and no time.
     A forward failing under `fast_meta` runs again without it: if that one succeeds, the fast
     kernels are wrong (a bug of this package), which is raised rather than read as "does not run
     at this size".
@@ -187,9 +189,9 @@ def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
     x = torch.empty(1, in_chans, *hw, device=device)
     if device.type != 'meta':
         return _shapes_or_error(model, x, contextlib.nullcontext())
-    found = _shapes_or_error(model, x, fast_meta())
+    found = _shapes_or_error(model, x, on_meta())
     if isinstance(found, Exception) and \
-            isinstance(_shapes_or_error(model, x, contextlib.nullcontext()), list):
+            isinstance(_shapes_or_error(model, x, torch.device('meta')), list):
         raise RuntimeError(
             f'{type(model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but not under '
             f"fast_meta ({type(found).__name__}: {found}): a bug in timm_backbones' fast meta "
