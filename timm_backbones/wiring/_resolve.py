@@ -12,6 +12,7 @@ given and the correct value, and the fix (`'auto'`), never as a shape error at t
 """
 import copy
 import inspect
+import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -23,7 +24,7 @@ from .._configs import (AUTO, is_auto, is_int, set_logged, timm_model_name, to_l
 from .._meta_ops import on_meta
 from .._plan import BackbonePlan
 from .._pyramid import skip_unread
-from .._specs import FeatureSpec, SpecTuple, format_specs
+from .._specs import FeatureSpec, SpecTuple, format_specs, round_up
 from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
                      NECK_FIELDS, ROI_EXTRACTORS)
 from ._necks import NECKS, neck_configs, supported_necks
@@ -45,6 +46,8 @@ class _Feed:
     source: str
     listing: str = ''
     why: str = ''
+    align: int = 1  # input sides must be multiples of this for the necks so far
+    aligned_by: str = ''  # the neck that asks for it, and why
 
 
 def resolve_config(cfg: _CfgT) -> _CfgT:
@@ -161,9 +164,10 @@ def _resolve_detector(det: Mapping, path: str, plan: Optional[BackbonePlan]) -> 
         feed = _Feed(plan.specs,
                      f"the timm backbone {plan.model_name!r}{f' ({options})' if options else ''}"
                      f' at {path}.backbone', listing=format_specs(plan.specs))
-        _resolve_pad_divisor(det, plan, path)
     for where, neck in neck_configs(det, path):
         feed = _resolve_neck(neck, feed, where)
+    if plan is not None:
+        _resolve_pad_divisor(det, plan, path, feed)
     for key in DENSE_HEADS:
         if isinstance(det.get(key), Mapping):
             _resolve_head(det[key], feed, f'{path}.{key}')
@@ -195,24 +199,44 @@ def _skip_unread_pyramid_levels(det: Mapping, path: str, plan: BackbonePlan) -> 
     return replace(plan, pyramid_strides=tuple(strides))
 
 
-def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str) -> None:
-    """`data_preprocessor.pad_size_divisor`: 'auto' -> the plan's `pad_size_divisor`; an explicit
-    value must be a multiple of the divisor the backbone needs."""
+def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str, feed: _Feed) -> None:
+    """`data_preprocessor.pad_size_divisor`: 'auto' -> the plan's `pad_size_divisor`, made a
+    multiple of what the necks need (`feed.align`: necks that upsample by a fixed factor and
+    concatenate need sides that are multiples of their deepest input stride); an explicit value
+    must be a multiple of both. A fixed-size model must take the padded inputs: the divisor
+    must divide the largest input it takes."""
     pre = det.get('data_preprocessor')
     if not isinstance(pre, Mapping) or 'pad_size_divisor' not in pre:
         return
-    need, auto = plan.pad_divisor, plan.pad_size_divisor
+    need = math.lcm(plan.pad_divisor, feed.align)
+    auto = math.lcm(plan.pad_size_divisor, feed.align)
     value = pre['pad_size_divisor']
     where = f'{path}.data_preprocessor'
+    top = plan.max_input
+    if top is not None and feed.align > 1 and any(side % auto for side in top):
+        fits = round_up(max(top), auto) + plan.margin
+        raise ValueError(
+            f'{where}.pad_size_divisor: {feed.aligned_by}, so input sides must be multiples of '
+            f'{feed.align}; {plan.model_name!r} at {path}.backbone only runs at '
+            f'{plan.fixed_size[0]}x{plan.fixed_size[1]} and takes inputs up to {top[0]}x'
+            f'{top[1]}, which {auto} does not divide, so padded batches could outgrow it. Fix: '
+            f'build the backbone for a size whose sides are multiples of {auto}'
+            f"{f' (plus its margin of {plan.margin} px)' if plan.margin else ''}, e.g. "
+            f'input_size=({fits}, {fits}), or choose levels (out_indices) with a smaller '
+            f'deepest stride.')
     if is_auto(value):
         set_logged(pre, 'pad_size_divisor', auto, where)
     elif not is_int(value):
         raise TypeError(f"{where}.pad_size_divisor must be an int or 'auto', got {value!r} "
                         f"({type(value).__name__}). Fix: pad_size_divisor='auto' (gives {auto}).")
     elif value < 1 or value % need:
+        why = [f'the timm backbone at {path}.backbone needs input sides that are multiples of '
+               f'{plan.pad_divisor} (window attention, patch size)'] \
+            if value % plan.pad_divisor else []
+        why += [f'{feed.aligned_by}, so input sides must be multiples of {feed.align}'] \
+            if value % feed.align else []
         raise ValueError(
-            f'{where}.pad_size_divisor={value!r}: the timm backbone at {path}.backbone needs '
-            f'input sides that are multiples of {need} (window attention, patch size). Fix: '
+            f'{where}.pad_size_divisor={value!r}: {"; ".join(why)}. Fix: '
             f"pad_size_divisor='auto' (gives {auto}) or a multiple of {need}.")
 
 
@@ -247,7 +271,14 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
                          f'not follow from the backbone); write a value.')
     outputs = rule.outputs(cfg, feed.levels, where)
     _check_builds(cfg, feed, where)
-    return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs))
+    align, aligned_by = feed.align, feed.aligned_by
+    multiple = rule.align(cfg, feed.levels, where) if rule.align is not None else 1
+    if align % multiple:
+        align = math.lcm(align, multiple)
+        aligned_by = (f'{where} ({kind}) resamples levels by a fixed factor and merges them '
+                      f'with their neighbours')
+    return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs), align=align,
+                 aligned_by=aligned_by)
 
 
 def _check_builds(cfg: Mapping, feed: _Feed, where: str) -> None:
