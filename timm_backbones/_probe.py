@@ -84,6 +84,7 @@ _ANY_SIZE = Memo('any-size rules', _SIZE, failures=(ValueError,))
 _MODELS = Memo('meta models', 2)  # the latest meta builds
 # candidate input divisors, as multiples of the deepest stride (windowed attention: 7, 14)
 _DIVISOR_FACTORS = (1, 2, 4, 7, 8, 14, 16)
+_ODD_TRIAL = (321, 417)  # the first trial size (divisor 1)
 
 
 def _key(model_name: str, kwargs: Dict[str, Any]) -> _Key:
@@ -174,29 +175,47 @@ def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
                        lambda: _input_rule(model_name, meta_model(model_name, kwargs), kwargs))
 
 
-def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
-                 ) -> Union[List[Tuple[int, ...]], Exception]:
-    """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or the
-    exception the model raised there (kept for the error message if no size works).
+class _Trials:
+    """Trial forwards of one model: output shapes by input size, or the exception the model
+    raised there (kept for the error message if no size works); each size runs once.
 
-    Meta forwards run with the meta device as the default (`on_meta`): tensors a model makes
-    while it runs (ConViT's index tables, rotary embeddings) take no memory and no time.
-    A forward failing under `fast_meta` runs again without it: if that one succeeds, the fast
-    kernels are wrong (a bug of this package), which is raised rather than read as "does not run
-    at this size".
+    Meta forwards run with the meta device as the default and the fast meta kernels
+    (`on_meta`): tensors a model makes while it runs (ConViT's index tables, rotary embeddings)
+    take no memory and no time.
     """
-    device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
-    x = torch.empty(1, in_chans, *hw, device=device)
-    if device.type != 'meta':
-        return _shapes_or_error(model, x, contextlib.nullcontext())
-    found = _shapes_or_error(model, x, on_meta())
-    if isinstance(found, Exception) and \
-            isinstance(_shapes_or_error(model, x, torch.device('meta')), list):
-        raise RuntimeError(
-            f'{type(model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but not under '
-            f"fast_meta ({type(found).__name__}: {found}): a bug in timm_backbones' fast meta "
-            f'kernels (_meta_ops.py); please report it with the model name.') from found
-    return found
+
+    def __init__(self, model: nn.Module, in_chans: int) -> None:
+        self.model = model
+        self.in_chans = in_chans
+        self.device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
+        self.found: Dict[Tuple[int, int], Union[List[Tuple[int, ...]], Exception]] = {}
+
+    def _input(self, hw: Tuple[int, int]) -> torch.Tensor:
+        return torch.empty(1, self.in_chans, *hw, device=self.device)
+
+    def shapes(self, hw: Tuple[int, int]) -> Union[List[Tuple[int, ...]], Exception]:
+        """Output shapes at `hw`, or the exception raised there."""
+        if hw not in self.found:
+            self.found[hw] = _shapes_or_error(
+                self.model, self._input(hw),
+                on_meta() if self.device.type == 'meta' else contextlib.nullcontext())
+        return self.found[hw]
+
+    def check_kernels(self, hw: Tuple[int, int]) -> None:
+        """For a model that ran at no size: the forward at `hw` again, without the fast meta
+        kernels. If that one runs, the fast kernels are wrong (a bug of this package), which is
+        raised rather than read as "does not run at any size". (A kernel wrong only at some
+        sizes is left to the kernels' own tests: a model that runs at some size under them is
+        not run twice.)"""
+        found = self.shapes(hw)
+        if self.device.type != 'meta' or not isinstance(found, Exception):
+            return
+        if isinstance(_shapes_or_error(self.model, self._input(hw), torch.device('meta')), list):
+            raise RuntimeError(
+                f'{type(self.model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but '
+                f'not under fast_meta ({type(found).__name__}: {found}): a bug in '
+                f"timm_backbones' fast meta kernels (_meta_ops.py); please report it with the "
+                f'model name.') from found
 
 
 def _shapes_or_error(model: nn.Module, x: torch.Tensor, mode: Any
@@ -293,8 +312,8 @@ def _any_size_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]
         (InputRule, '', '') or (None, size of the last failure, its error) when it runs at no
         trial divisor.
     """
-    in_chans = kwargs.get('in_chans', 3)
     model.eval()  # batch-1 trial forwards: BN in train mode rejects 1x1 maps
+    trials = _Trials(model, kwargs.get('in_chans', 3))
     deepest = max(d['reduction'] for d in model.feature_info.info)
     last = ('', '')
     runs_at: Optional[InputRule] = None  # the first divisor it runs at, maps off nominal
@@ -302,17 +321,22 @@ def _any_size_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]
         d = 1 if factor == 0 else deepest * factor
         if runs_at is not None and d % runs_at.pad_divisor:
             continue  # inputs padded to d must run too
-        # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1)
-        a = round_up(320, d) if d > 1 else 321
-        b = round_up(416, d) if d > 1 else 417
+        # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1;
+        # the second an odd multiple of d, where a divisor too small for exact maps shows)
+        a = round_up(320, d) if d > 1 else _ODD_TRIAL[0]
+        b = round_up(416, d) if d > 1 else _ODD_TRIAL[1]
         second = (a + d * (1 if d > 1 else 64), b)
-        shapes = _meta_shapes(model, (a, b), in_chans)
-        shapes2 = _meta_shapes(model, second, in_chans) if isinstance(shapes, list) else shapes
-        if not isinstance(shapes2, list):
-            failed = (a, b) if isinstance(shapes, Exception) else second
-            last = (f'{failed[0]}x{failed[1]}', f'{type(shapes2).__name__}: {shapes2}')
+        # where the model ran at a smaller divisor (its sizes and growth checked there), the
+        # second size alone says whether maps are exact at this one
+        sizes = [second] if runs_at is not None else [(a, b), second]
+        found = [trials.shapes(size) for size in sizes[:1]]
+        if isinstance(found[0], list) and len(sizes) > 1:
+            found.append(trials.shapes(sizes[1]))
+        if not isinstance(found[-1], list):
+            failed = sizes[len(found) - 1]
+            last = (f'{failed[0]}x{failed[1]}', f'{type(found[-1]).__name__}: {found[-1]}')
             continue
-        runs = [((a, b), shapes), (second, shapes2)]
+        runs = list(zip(sizes, found))
         _check_shapes(model_name, model, runs)
         offsets = _offsets(model, runs)
         rule = InputRule(runs_at.pad_divisor if runs_at else d, None, d,
@@ -358,7 +382,7 @@ def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> In
                                 lambda: _any_size_rule(model_name, model, kwargs))
     if rule is not None:
         return rule
-    in_chans = kwargs.get('in_chans', 3)
+    trials = _Trials(model, kwargs.get('in_chans', 3))
     deepest = max(d['reduction'] for d in model.feature_info.info)
     native = getattr(model, 'pretrained_cfg', {}).get('input_size')
     tried = []
@@ -367,13 +391,15 @@ def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> In
         if size is None:
             continue
         size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-        shapes = _meta_shapes(model, size, in_chans)
+        shapes = trials.shapes(size)
         if isinstance(shapes, list):
             _check_shapes(model_name, model, [(size, shapes)])
             return InputRule(1, (int(size[0]), int(size[1])),
                              margins=_uncovered(model, size, shapes))
         tried.append(f'{size[0]}x{size[1]}')
         last = [tried[-1], f'{type(shapes).__name__}: {shapes}']
+    for size in [*trials.found, _ODD_TRIAL][:1]:
+        trials.check_kernels(size)
     hint = (f"; it was built with img_size={kwargs['img_size']} but does not run at that size "
             f'(some models only take square inputs): try input_size=(S, S)'
             if 'img_size' in kwargs else '')
