@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo compatibility specs-speed
+.PHONY: install test test-slow demo demo-seg compatibility specs-speed
 
 install:  ## Pinned stack + this package, idempotent (fast when already done).
 	VENV=$(VENV) bash tools/install.sh
@@ -14,8 +14,17 @@ test: install  ## The fast suite (sweeps over all models are marked slow and exc
 test-slow: install  ## The sweeps over every timm architecture.
 	$(PY) -m pytest -m slow tests $(PYTEST_ARGS)
 
+# The demo's numbers vary between machines only through floating-point rounding: PyTorch, oneDNN
+# and MKL pick kernels by instruction set (AVX-512 or AVX2) and split reductions by thread count.
+# Pinning both makes x86 machines with AVX2 take the same code paths (README, Demo results);
+# `make demo DEMO_ENV=` runs with the machine's own (fastest) kernels instead.
+DEMO_ENV ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 OMP_NUM_THREADS=2
+
 demo: install  ## The main job: train + evaluate a detector with a timm backbone on built-in data.
-	$(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py
+	env $(DEMO_ENV) $(PY) tools/train.py configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py
+
+demo-seg: install  ## Segmentation: train + evaluate UPerNet with a timm backbone on built-in data (mIoU, predicted masks).
+	$(PY) tools/train.py configs/seg/upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py
 
 compatibility: install  ## docs/compatibility.{csv,md}: every timm architecture x the detector families (resumes an interrupted run; RESTART=1 starts over).
 	nice -n 10 $(PY) tools/sweep.py --jobs $(or $(JOBS),2) --csv docs/compatibility.csv --md docs/compatibility.md $(if $(RESTART),--restart)

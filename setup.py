@@ -25,6 +25,8 @@ setup(
         'tests': ['pytest', 'pytest-timeout'],
         # ONNX export (tools/export.py): torch's dynamo exporter and onnxruntime to check it.
         'export': ['onnx', 'onnxscript', 'onnxruntime'],
+        # segmentation (timm_backbones.seg, configs/seg/): mmseg 1.2 and what it imports
+        'seg': ['mmsegmentation>=1.2,<1.3', 'prettytable', 'ftfy', 'regex'],
     },
     entry_points={'console_scripts': ['timm-backbones=timm_backbones.cli:console']},
 )

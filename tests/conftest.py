@@ -73,3 +73,12 @@ def log_lines():
     logger.addHandler(handler)
     yield records
     logger.removeHandler(handler)
+
+
+@pytest.fixture(scope='session')
+def demo(tmp_path_factory):
+    """The demo RetinaNet (random weights, spread class scores) saved as a checkpoint and
+    exported end to end by tools/export.py, once per session: (model, checkpoint, onnx file,
+    the tool's stdout). Used by the export, OnnxDetector and infer_onnx tests."""
+    from helpers import demo_export
+    return demo_export(tmp_path_factory.mktemp('demo'))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from mmengine.logging import MessageHub
 
+from helpers import unsafe_globals
 from timm_backbones._checkpoint import (check_checkpoint_file, checkpoint_kind, checkpoint_loading,
                                         from_plain_checkpoint, read_checkpoint,
                                         to_plain_checkpoint)
@@ -48,7 +49,7 @@ def test_plain_checkpoint_round_trips_the_message_hub(tmp_path):
     checkpoint = {'message_hub': hub.state_dict(), 'meta': {'epoch': 1}}
     path = str(tmp_path / 'plain.pth')
     torch.save(to_plain_checkpoint(checkpoint), path)
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    assert unsafe_globals(path) == []
     loaded = from_plain_checkpoint(torch.load(path, weights_only=True))
     restored = MessageHub.get_instance('plain-checkpoint-restored')
     restored.load_state_dict(loaded['message_hub'])

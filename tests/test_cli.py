@@ -37,7 +37,8 @@ def test_config_prints_a_config_that_resolves_and_builds(family, tmp_path):
     assert code == 0
     assert f"_base_ = ['{FAMILIES[family].path}']" in text
     cfg = Config.fromfile(write(tmp_path, text))
-    assert cfg.runner_type == 'mmdet.TimmBackboneRunner'  # from the shipped runtime
+    # from the shipped runtime: mmdet's registry, mmseg's for segmentation families
+    assert cfg.runner_type == f'{FAMILIES[family].package}.TimmBackboneRunner'
     assert cfg.model.backbone.model_name == 'resnet18' and cfg.model.backbone.pretrained is False
     resolved = resolve_config(cfg)
     assert "'auto'" not in str(resolved.model)
@@ -48,7 +49,9 @@ def test_config_prints_a_config_that_resolves_and_builds(family, tmp_path):
 @pytest.mark.parametrize('family,arch', [('retinanet', 'vit_tiny_patch16_224'),
                                          ('yolof', 'vit_tiny_patch16_224'),
                                          ('rtmdet', 'convnext_atto'),
-                                         ('dino', 'beit_base_patch16_224')])
+                                         ('dino', 'beit_base_patch16_224'),
+                                         ('segformer', 'vit_tiny_patch16_224'),
+                                         ('upernet', 'beit_base_patch16_224')])
 def test_config_for_other_kinds_of_backbone(family, arch, tmp_path):
     # rule: plain (ViT), stride-4-first and fixed-size backbones get configs that resolve too;
     # a fixed-size model is built for the family's canvas
@@ -60,6 +63,9 @@ def test_config_for_other_kinds_of_backbone(family, arch, tmp_path):
     assert "'auto'" not in str(resolved.model)
     if arch.startswith('beit'):
         assert tuple(cfg.model.backbone.input_size) == (FAMILIES[family].canvas,) * 2
+    if arch.startswith('beit') and family == 'upernet':  # tested on crops of that size
+        assert cfg.model.test_cfg.mode == 'slide' and tuple(cfg.model.test_cfg.crop_size) == \
+            (512, 512)
 
 
 def test_config_unknown_detector_or_arch():
@@ -81,6 +87,18 @@ def test_check_prints_what_each_auto_became(tmp_path, capsys):
     channels = [s.channels for s in feature_specs(dict(type='timm.regnety_032'))]
     assert f"model.neck.in_channels = {channels}   ('auto')" in out
     assert 'resolves (no weights allocated)' in out
+
+
+def test_check_a_segmentation_config():
+    # rule: `check` works on segmentation configs as on detection ones
+    code, out = run('check', os.path.join(ROOT, 'configs', 'seg', 'upernet_timm-convnext-tiny_'
+                                                 '4xb4-160k_ade20k-512x512.py'),
+                    '--cfg-options', 'model.backbone.model_name=resnet18',
+                    'model.backbone.pretrained=False')
+    assert code == 0
+    assert "model.decode_head.in_channels = [64, 128, 256, 512]   ('auto')" in out
+    assert "model.auxiliary_head.in_index = 2   ('auto')" in out
+    assert "model.auxiliary_head.in_channels = 256   ('auto')" in out
 
 
 def test_check_with_cfg_options(tmp_path):

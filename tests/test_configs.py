@@ -11,8 +11,9 @@ from mmdet.structures.mask import BitmapMasks
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-from helpers import nonfinite
+from helpers import BUILT_ON_META, nonfinite
 from timm_backbones import TimmBackbone, build_detector, resolve_config
+from timm_backbones._meta_ops import on_meta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, 'configs', '*.py')))
@@ -56,15 +57,20 @@ def test_config_builds(name):
     # mmdet's naming: {algo}_{backbone}_{neck / setup}_{schedule}_{dataset}.py
     assert family(name) and name.split('_')[1].startswith('timm-')
     cfg = load(name)
-    text = open(os.path.join(ROOT, 'configs', name)).read()
-    assert "_base_ = ['mmdet::" in text  # inherits mmdet's own config
-    assert cfg.runner_type == 'mmdet.TimmBackboneRunner'
+    assert "_base_ = ['mmdet::" in _root_config_text(name)  # inherits mmdet's own config
+    assert cfg.runner_type in ('mmdet.TimmBackboneRunner',  # FSDP: its FlexibleRunner twin
+                               'mmdet.TimmBackboneFlexibleRunner')
     assert 'timm_backbones' in cfg.custom_imports.imports
     assert cfg.model.backbone.type == 'TimmBackbone'
     assert cfg.model.neck.in_channels == 'auto'  # no hand-typed channels
 
     resolved = resolve_config(cfg)
     assert "'auto'" not in str(resolved.model)
+    if name in BUILT_ON_META:
+        with on_meta():
+            model = build_detector(resolved, init_weights=False)
+        assert model.backbone.out_channels == resolved.model.neck.in_channels
+        return
     torch.use_deterministic_algorithms(True)  # uninitialized memory is NaN (see test_api.py)
     try:
         model = build_detector(resolved)
@@ -75,6 +81,16 @@ def test_config_builds(name):
     neck_in = resolved.model.neck.in_channels
     assert list(neck_in if isinstance(neck_in, (list, tuple)) else [neck_in]) == \
         model.backbone.out_channels
+
+
+def _root_config_text(name):
+    """The text of the config `name`, or of the shipped config it is a variant of
+    (`_base_ = './other.py'`, e.g. the FSDP ViT-L config of the ViT-B one)."""
+    text = open(os.path.join(ROOT, 'configs', name)).read()
+    for line in text.splitlines():
+        if line.startswith("_base_ = './") and line.endswith(".py'"):
+            return _root_config_text(line[len("_base_ = './"):-1])
+    return text
 
 
 def one_image_batch(model, with_mask):

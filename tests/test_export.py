@@ -1,5 +1,5 @@
-"""engine/_export.py and tools/export.py: a detector's mode='tensor' forward exported with torch's
-dynamo exporter runs in onnxruntime with eager's outputs, for a CNN (through the tool, from a
+"""engine/_export.py and tools/export.py --raw: a detector's mode='tensor' forward exported with
+torch's dynamo exporter runs in onnxruntime with eager's outputs, for a CNN (through the tool, from a
 saved checkpoint), an NHWC model, a ViT with its simple pyramid and an EfficientNet, each in the
 shipped synthetic RetinaNet config with its backbone swapped as users swap it (--cfg-options)."""
 import os
@@ -56,7 +56,7 @@ def test_tool_exports_a_checkpoint_cnn(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'tools', 'export.py'), CONFIG, str(ckpt),
-         '--out', str(out), '--shape', *map(str, SHAPE), '--check',
+         '--out', str(out), '--raw', '--shape', *map(str, SHAPE), '--check',
          '--cfg-options', 'model.backbone.pretrained=False'],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]

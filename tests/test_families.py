@@ -7,17 +7,33 @@ import pytest
 from mmengine.config import Config
 
 from helpers import ROOT
-from timm_backbones.families import (FAMILIES, FAMILY_OPTIONS, family_config_text, family_model,
-                                     get_family)
+from timm_backbones.families import (DETECTION, FAMILIES, FAMILY_OPTIONS, SEG_FAMILIES,
+                                     SEGMENTATION, family_config_text, family_model, get_family)
 from timm_backbones.sweep import MATRIX_FAMILIES
 
 
 def test_families_are_the_shipped_configs():
-    # rule: every family is a shipped COCO config, and every shipped COCO config is a family or a
-    # variant of one (e.g. layer decay)
+    # rule: every family is a shipped COCO config (segmentation: ADE20K, in configs/seg/), and
+    # every shipped COCO / ADE20K config is a family or a variant of one (e.g. layer decay)
     shipped = {f for f in os.listdir(os.path.join(ROOT, 'configs')) if f.endswith('_coco.py')}
+    shipped |= {f'seg/{f}' for f in os.listdir(os.path.join(ROOT, 'configs', 'seg'))
+                if '_ade20k-' in f}
     assert {f.config for f in FAMILIES.values()} <= shipped
-    assert all(any(f.startswith(name) for name in FAMILIES) for f in shipped), shipped
+    assert all(any(os.path.basename(f).startswith(name + '_') or
+                   os.path.basename(f).startswith(name + '-') for name in FAMILIES)
+               for f in shipped), shipped
+    assert {f.task for f in FAMILIES.values()} == {DETECTION, SEGMENTATION}
+    assert set(SEG_FAMILIES) == {n for n, f in FAMILIES.items() if f.config.startswith('seg/')}
+
+
+def test_fixed_size_models_in_segmentation_families_infer_in_slide_mode():
+    # a model that only runs at one size is built for the family's 512x512 crops and tested on
+    # crops of that size (mmseg's whole-image inference would feed it larger test images)
+    model = family_model('upernet', 'hiera_tiny_224')
+    assert model['backbone']['input_size'] == (512, 512)
+    assert model['test_cfg'] == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    assert family_model('upernet', 'resnet18')['test_cfg'] == dict(mode='whole')  # as shipped
+    assert 'slide' not in str(family_model('retinanet', 'hiera_tiny_224'))  # detection: none
     assert set(MATRIX_FAMILIES) <= set(FAMILIES)
     with pytest.raises(ValueError, match="unknown detector family 'retina'.*'retinanet'"):
         get_family('retina')

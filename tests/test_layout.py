@@ -79,3 +79,28 @@ def test_imports_are_read_in_every_form(tmp_path):
     assert _imported(str(path), root=str(tmp_path)) == [
         'timm_backbones.wiring', 'timm_backbones.engine', 'timm_backbones.data',
         'timm_backbones._specs']
+
+
+def _all_imported(path):
+    """Every module name `path` imports at module level, third-party included (relative imports
+    resolved as in `_imported`)."""
+    rel = os.path.relpath(path, ROOT)[:-len('.py')].split(os.sep)
+    names = []
+    for node in ast.parse(open(path).read()).body:  # top-level statements only
+        if isinstance(node, ast.ImportFrom):
+            base = rel[:-1][:len(rel) - node.level] if node.level else []
+            names.append('.'.join(base + ([node.module] if node.module else [])))
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
+@pytest.mark.parametrize('path', [p for p in _modules('**/*.py') if os.sep + 'seg' + os.sep
+                                  not in p], ids=lambda p: os.path.relpath(p, PACKAGE))
+def test_only_seg_imports_mmseg(path):
+    # `import timm_backbones` never imports mmseg: only timm_backbones.seg (segmentation configs'
+    # custom_imports) does at import time; elsewhere mmseg is imported inside the functions that
+    # handle segmentors (tests/test_seg.py checks the import itself)
+    found = [n for n in _all_imported(path)
+             if n.split('.')[0] == 'mmseg' or n.startswith('timm_backbones.seg')]
+    assert not found, f'{path} imports {found} at module level'

@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from timm_backbones._names import full_name, spellings, wrapper_path
+from timm_backbones._names import full_name, spellings, unwrapped_name, wrapper_path
 
 
 def test_spellings_unflatten_and_drop_prefixes():
@@ -38,3 +38,15 @@ def test_wrapper_path_finds_feature_info_modules():
     assert wrapper_path(paths, 'stages.1') == 'stages_1'
     assert wrapper_path([p for p, _ in getter.named_modules()], 'blocks.11') == 'model.blocks.11'
     assert wrapper_path(paths, 'no.such') == '' and wrapper_path(paths, '') == ''
+
+
+def test_wrapper_parts_are_dropped():
+    # rule: FSDP units and activation-checkpoint wrappers insert name parts; the one mapping
+    # drops them, so an FSDP-wrapped model's names map like the plain model's
+    name = 'model.blocks.0._fsdp_wrapped_module._checkpoint_wrapped_module.norm1.weight'
+    assert unwrapped_name(name) == 'model.blocks.0.norm1.weight'
+    assert full_name(name, {'blocks.0.norm1.weight'}.__contains__) == 'blocks.0.norm1.weight'
+    assert full_name('_fsdp_wrapped_module.stages_1.w', {'stages.1.w'}.__contains__) == \
+        'stages.1.w'
+    paths = ['model.blocks.0', 'model.blocks.0._fsdp_wrapped_module']
+    assert wrapper_path(paths, 'blocks.0') == 'model.blocks.0'  # the outermost: the FSDP unit

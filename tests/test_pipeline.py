@@ -127,3 +127,63 @@ def test_auto_size_covers_the_margin_of_short_maps():
     assert list(backbone_cfg['input_size']) == [328, 424]
     backbone = MODELS.build(backbone_cfg)
     assert backbone.plan.max_input == (320, 416)
+
+
+# ---- segmentors (mmseg) --------------------------------------------------------------------------
+SEG_ROOT = os.path.join(ROOT, 'configs', 'seg')
+UPERNET = 'upernet_timm-convnext-tiny_4xb4-160k_ade20k-512x512.py'
+MASK2FORMER = 'mask2former_timm-swin-tiny_8xb2-160k_ade20k-512x512.py'
+SEG_DEMO = 'upernet_timm-resnet18_1xb8-400it_synthetic-shapes-256x256.py'
+
+
+def seg_config(name, **changes):
+    cfg = Config.fromfile(os.path.join(SEG_ROOT, name))
+    cfg.merge_from_dict(changes)
+    return cfg
+
+
+def seg_largest(cfg):
+    return largest_image(cfg, cfg.model.data_preprocessor, cfg.model)
+
+
+@pytest.mark.parametrize('name, changes, expected', [
+    # ADE20K: training crops 512x512 (RandomCrop after RandomResize, padded to size=crop_size);
+    # whole-image tests: Resize(2048, 512) keeping the ratio, in either orientation
+    (UPERNET, {}, (2048, 2048)),
+    # slide inference: the model sees crops of test_cfg.crop_size only
+    (UPERNET, {'model.test_cfg': dict(mode='slide', crop_size=(512, 512), stride=(341, 341))},
+     (512, 512)),
+    # Mask2Former: ResizeShortestEdge (long side <= max_size 2048), then a 512x512 crop; tests
+    # padded to test_cfg.size_divisor
+    (MASK2FORMER, {}, (2048, 2048)),
+    (MASK2FORMER, {'model.test_cfg': dict(mode='slide', crop_size=(512, 512))}, (512, 512)),
+    (SEG_DEMO, {}, (256, 256)),
+])
+def test_largest_image_of_segmentation_configs(name, changes, expected):
+    assert seg_largest(seg_config(name, **changes)) == expected
+
+
+def test_segmentation_pipelines_read_in_mmseg_terms():
+    # mmseg's RandomCrop takes (h, w) (mmdet's takes (w, h)); ResizeShortestEdge without
+    # max_size keeps the original aspect ratio: unreadable
+    crop = [dict(type='RandomResize', scale=(640, 640), ratio_range=(1.0, 2.0), keep_ratio=True),
+            dict(type='RandomCrop', crop_size=(256, 320))]
+    cfg = dict(train_dataloader=dict(dataset=dict(pipeline=crop)),
+               model=dict(decode_head=dict(), data_preprocessor=dict(size=None)))
+    assert largest_image(cfg, cfg['model']['data_preprocessor'], cfg['model']) == (256, 320)
+    assert largest_image(cfg, cfg['model']['data_preprocessor']) == (320, 256)  # as mmdet's
+    cfg['train_dataloader']['dataset']['pipeline'] = [dict(type='ResizeShortestEdge', scale=512)]
+    with pytest.raises(ValueError, match='ResizeShortestEdge without max_size keeps the aspect'):
+        largest_image(cfg, {}, cfg['model'])
+
+
+def test_fixed_size_model_sized_from_mmseg_pipelines():
+    # hiera only runs at the size it is built for: in the UPerNet config with slide inference it
+    # is built for the 512x512 crops; with whole-image inference for ADE20K's test images
+    slide = dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    cfg = seg_config(UPERNET, **{'model.backbone.model_name': 'hiera_tiny_224',
+                                 'model.test_cfg': slide})
+    assert list(resolve_config(cfg).model.backbone.input_size) == [512, 512]
+    cfg = seg_config(UPERNET, **{'model.backbone.model_name': 'hiera_tiny_224',
+                                 'model.backbone.input_size': 'auto'})
+    assert list(resolve_config(cfg).model.backbone.input_size) == [2048, 2048]

@@ -142,14 +142,14 @@ def test_dataloader_config_wrapping_is_idempotent():
 def test_runner_applies_it_when_the_config_asks():
     from mmengine.config import Config
 
-    from timm_backbones.engine._runner import _with_sample_seeding
+    from timm_backbones.engine._runner_common import with_sample_seeding
     loader = dict(sampler=dict(type='DefaultSampler'), dataset=dict(type='X'))
-    cfg = _with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader)))
+    cfg = with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader)))
     assert cfg.train_dataloader.sampler.type == 'PerSampleSeedSampler'
-    cfg = _with_sample_seeding(Config(dict(sample_seeding=False, train_dataloader=loader)))
+    cfg = with_sample_seeding(Config(dict(sample_seeding=False, train_dataloader=loader)))
     assert cfg.train_dataloader.sampler.type == 'DefaultSampler'
     with pytest.raises(TypeError, match="sample_seeding must be True or False, got 'yes'"):
-        _with_sample_seeding(Config(dict(sample_seeding='yes', train_dataloader=loader)))
+        with_sample_seeding(Config(dict(sample_seeding='yes', train_dataloader=loader)))
     # the shipped base config turns it on for every config that inherits it
     from helpers import ROOT
     assert Config.fromfile(f'{ROOT}/configs/_base_/timm_runtime.py').sample_seeding is True

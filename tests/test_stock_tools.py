@@ -7,10 +7,13 @@ default, `DetInferencer(weights=...)` alone included (config read from the check
 
 The demo config runs with its own settings (workers, persistent workers, pipelines); only the
 dataset size (`indices`) and the epochs are cut with `--cfg-options`, as a user trying the tools
-would. Its data is generated in a temporary working directory.
+would. Its data is generated in a temporary working directory. The `slow` matrix runs every
+entry point on every shipped COCO config and on configs `timm-backbones config` prints, over a
+tiny COCO-format dataset made here (`make test-slow`; the counts are in the README).
 """
 import glob
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -22,7 +25,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from helpers import ROOT
+from helpers import BUILT_ON_META, ROOT, unsafe_globals
 
 TOOLS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0], '.mim',
                      'tools')
@@ -79,7 +82,7 @@ def test_training_writes_checkpoints_any_weights_only_reader_loads(trained):
     # rule: the runner's checkpoints hold tensors and plain containers only, and the config it
     # dumps is the resolved one
     _, checkpoint, dumped = trained
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(checkpoint) == []
+    assert unsafe_globals(checkpoint) == []
     assert "'auto'" not in Config.fromfile(dumped).pretty_text
 
 
@@ -159,7 +162,8 @@ def test_benchmark_inference_builds_and_loads_then_needs_cuda(trained):
         assert 'Loads checkpoint' in out or 'load checkpoint' in out.lower()
 
 
-@pytest.mark.parametrize('path', SHIPPED, ids=os.path.basename)
+@pytest.mark.parametrize('path', [p for p in SHIPPED if os.path.basename(p) not in BUILT_ON_META],
+                         ids=os.path.basename)
 def test_mmdet_init_detector_on_every_shipped_config(path, tmp_path):
     # rule: mmdet.apis.init_detector builds every shipped config and loads a checkpoint of it
     # with mmdet's own loader (weights-only); inference on the config's test pipeline
@@ -179,3 +183,90 @@ def test_mmdet_init_detector_on_every_shipped_config(path, tmp_path):
         image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
         result = inference_detector(model, image)
         assert torch.isfinite(result.pred_instances.bboxes).all()
+
+
+# ---- the matrix: every entry point x every COCO config (slow) ----------------------------------
+
+def make_tiny_coco(root, num_images=2):
+    """data/coco/ as mmdet's COCO configs read it: train2017/val2017 with `num_images` random
+    images each and instances with boxes and polygons, all 80 COCO categories declared."""
+    import cv2
+    from mmdet.datasets import CocoDataset
+    classes = CocoDataset.METAINFO['classes']
+    rng = np.random.default_rng(0)
+    for split in ('train2017', 'val2017'):
+        images, annotations = [], []
+        os.makedirs(root / 'data' / 'coco' / split, exist_ok=True)
+        for i in range(num_images):
+            h, w = 240, 320
+            cv2.imwrite(str(root / 'data' / 'coco' / split / f'{i:012d}.jpg'),
+                        rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            images.append(dict(id=i + 1, file_name=f'{i:012d}.jpg', height=h, width=w))
+            for j in range(3):
+                x, y, bw, bh = (int(v) for v in (rng.integers(0, 200), rng.integers(0, 140),
+                                                 rng.integers(30, 100), rng.integers(30, 90)))
+                annotations.append(dict(
+                    id=len(annotations) + 1, image_id=i + 1, category_id=int(j * 7 + 1),
+                    bbox=[x, y, bw, bh], area=bw * bh, iscrowd=0,
+                    segmentation=[[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]))
+        categories = [dict(id=k + 1, name=name) for k, name in enumerate(classes)]
+        os.makedirs(root / 'data' / 'coco' / 'annotations', exist_ok=True)
+        with open(root / 'data' / 'coco' / 'annotations' / f'instances_{split}.json', 'w') as f:
+            json.dump(dict(images=images, annotations=annotations, categories=categories), f)
+
+
+# configs `timm-backbones config FAMILY ARCH` prints: one architecture of another kind per family
+PRINTED = {'retinanet': 'vit_tiny_patch16_224', 'faster-rcnn': 'resnet18',
+           'dino': 'convnext_atto', 'rtmdet': 'efficientnet_b0', 'yolof': 'mobilenetv3_large_100',
+           'mask-rcnn': 'swin_tiny_patch4_window7_224', 'fcos': 'regnety_002', 'atss': 'resnet18',
+           'cascade-rcnn': 'resnet18'}
+# (the ViT-L FSDP config is left to test_flexible_runner: 308 M parameters and a launcher)
+COCO_CONFIGS = [os.path.basename(p) for p in SHIPPED
+                if p != DEMO and os.path.basename(p) not in BUILT_ON_META] + [
+    f'config {family} {arch}' for family, arch in PRINTED.items()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', COCO_CONFIGS)
+def test_every_entry_point_on_coco_configs(name, tmp_path):
+    # rule: every mmdet entry point that builds a detector from a config works on every shipped
+    # config and on configs `timm-backbones config` prints (tiny COCO-format data made here);
+    # training writes plain checkpoints and a resolved config, which work there too
+    from timm_backbones.families import family_config_text
+    make_tiny_coco(tmp_path)
+    if name.startswith('config '):
+        _, family, arch = name.split()
+        path = str(tmp_path / f'{family}_{arch}.py')
+        with open(path, 'w') as f:
+            f.write(family_config_text(family, arch, pretrained=False))
+    else:
+        path = os.path.join(ROOT, 'configs', name)
+    weights = ['model.backbone.pretrained=False']
+    tool('train.py', path, '--work-dir', 'work', '--cfg-options', 'train_cfg.max_epochs=1',
+         *weights, cwd=tmp_path)
+    checkpoint = str(tmp_path / 'work' / 'epoch_1.pth')
+    dumped = str(tmp_path / 'work' / os.path.basename(path))
+    assert unsafe_globals(checkpoint) == []
+    tool('test.py', path, checkpoint, '--work-dir', 'test', '--out', 'results.pkl',
+         '--cfg-options', *weights, cwd=tmp_path)
+    for config in (path, dumped):
+        run([sys.executable, '-c', textwrap.dedent(f"""
+            import numpy as np
+            from mmdet.apis import DetInferencer, inference_detector, init_detector
+            image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+            options = {{'model.backbone.pretrained': False}}
+            model = init_detector({config!r}, {checkpoint!r}, device='cpu', cfg_options=options)
+            inference_detector(model, image)
+            DetInferencer(model={config!r}, weights={checkpoint!r}, device='cpu')(image)
+            DetInferencer(weights={checkpoint!r}, device='cpu')(image)
+            """)], tmp_path)
+    out = tool('analysis_tools/get_flops.py', path, '--num-images', '1', '--cfg-options',
+               *weights, cwd=tmp_path)
+    assert 'Flops:' in out
+    tool('analysis_tools/benchmark.py', path, '--task', 'dataset', '--max-iter', '2',
+         '--num-warmup', '1', '--log-interval', '1', cwd=tmp_path)
+    tool('analysis_tools/browse_dataset.py', path, '--output-dir', 'browse', '--not-show',
+         cwd=tmp_path)
+    tool('analysis_tools/confusion_matrix.py', path, 'results.pkl', 'confusion', cwd=tmp_path)
+    tool('analysis_tools/analyze_results.py', path, 'results.pkl', 'analyze', '--topk', '1',
+         cwd=tmp_path)

@@ -177,3 +177,40 @@ def test_sweep_tool_timeout(tmp_path):
     sweep_tool.main(['--filter', 'dla34', '--families', 'retinanet', '--timeout', '0.05',
                      '--csv', out, '--quiet'])
     assert [(r['arch'], r['retinanet']) for r in _rows(out)] == [('dla34', 'timeout')]
+
+
+def test_check_seg_family_reports_a_broken_wiring(monkeypatch):
+    # rule: in a segmentation family the check runs backbone, neck and every decode and
+    # auxiliary head, so a wiring bug (here: the heads' in_channels filled one too high) is
+    # 'failed' with the reason; a config resolve_config refuses is 'rejected' with its message
+    from timm_backbones import sweep
+    from timm_backbones.wiring import _resolve
+    real_fill, real_model = _resolve._fill_or_check, sweep.family_model
+
+    def off_by_one(cfg, key, expected, feed, where):
+        if key == 'in_channels':
+            expected = [c + 1 for c in expected] if isinstance(expected, list) else expected + 1
+        real_fill(cfg, key, expected, feed, where)
+
+    monkeypatch.setattr(_resolve, '_fill_or_check', off_by_one)
+    for family in ('upernet', 'segformer', 'fpn'):
+        result = check_family(family, 'resnet18')
+        assert result.status == 'failed' and 'channel' in result.reason, (family, result)
+    monkeypatch.undo()
+
+    def stale(family, arch):
+        found = real_model(family, arch)
+        found['decode_head']['in_channels'] = [1, 2, 3, 4]
+        return found
+    monkeypatch.setattr(sweep, 'family_model', stale)
+    result = check_family('segformer', 'resnet18')
+    assert result.status == 'rejected' and "in_channels='auto'" in result.reason
+
+
+def test_sweep_tool_on_segmentation_families(tmp_path):
+    # rule: tools/sweep.py --families takes the segmentation families
+    out, md = str(tmp_path / 's.csv'), str(tmp_path / 's.md')
+    sweep_tool.main(['--filter', 'resnet1*', '--limit', '2', '--families', 'upernet',
+                     'mask2former', '--jobs', '2', '--csv', out, '--md', md, '--quiet'])
+    assert [(r['upernet'], r['mask2former']) for r in _rows(out)] == [('ok', 'ok')] * 2
+    assert '| UPerNet + FCN auxiliary head (`upernet`) | 2 | 0 | 0 | 0 |' in open(md).read()

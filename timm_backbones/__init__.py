@@ -6,13 +6,16 @@ Layout:
         (`_backbone`), the simple pyramid (`_pyramid`), frozen stages (`_freeze`), norm layers
         and SyncBN (`_norms`), checkpoint loading (`_checkpoint`), registration (`_registry`).
     wiring/: `resolve_config` and its neck and head rules.
-    engine/: `TimmBackboneRunner`, `build_detector` / `init_detector`, hooks.
+    engine/: `TimmBackboneRunner`, `TimmBackboneFlexibleRunner` (FSDP) and its policies,
+        `build_detector` / `init_detector`, hooks.
     data/: the built-in synthetic dataset and metric.
     sweep: checks of timm architectures through the whole wiring (tools/sweep.py).
 
 Importing the package registers, in mmdet's registries: `TimmBackbone` and one `timm.<arch>`
-entry per timm architecture (MODELS), `TimmBackboneRunner` (RUNNERS), `LossCurveHook` (HOOKS)
-and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS); it makes mmengine's and
+entry per timm architecture (MODELS), `TimmBackboneRunner` and `TimmBackboneFlexibleRunner`
+(RUNNERS), `LossCurveHook` (HOOKS) and `TimmLayerDecayOptimWrapperConstructor`
+(OPTIM_WRAPPER_CONSTRUCTORS), and the FSDP policies `timm_block_wrap_policy` /
+`timm_block_check_fn` in mmengine's root FUNCTIONS; it makes mmengine's and
 mmdet's MODELS resolve configs with timm backbones when they build them (`engine/_api.py`), and
 allows what mmengine writes into checkpoints for weights-only loading (`_checkpoint.py`). The
 plugin import stays light: the built-in data (`SyntheticShapesDataset` in DATASETS,
@@ -29,13 +32,14 @@ from ._plan import BackbonePlan, feature_specs
 from ._pyramid import SimplePyramid
 from ._registry import TIMM_MODELS
 from ._specs import FeatureSpec
-from .engine import (LossCurveHook, TimmBackboneRunner, TimmLayerDecayOptimWrapperConstructor,
-                     build_detector, init_detector)
+from .engine import (LossCurveHook, TimmBackboneFlexibleRunner, TimmBackboneRunner,
+                     TimmLayerDecayOptimWrapperConstructor, build_detector, init_detector)
 from .version import __version__
 from .wiring import has_timm_backbone, resolve_config
 
 __all__ = ['TimmBackbone', 'FeatureSpec', 'BackbonePlan', 'feature_specs', 'resolve_config',
            'has_timm_backbone', 'init_detector', 'build_detector', 'TimmBackboneRunner',
+           'TimmBackboneFlexibleRunner',
            'SimplePyramid',
            'SyntheticShapesDataset', 'SyntheticCocoMetric', 'make_synthetic_coco',
            'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'TIMM_MODELS',

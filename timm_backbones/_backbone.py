@@ -11,7 +11,9 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit, update_init_info
 from torch import Tensor, nn
 
+from ._blocks import mark_blocks
 from ._freeze import freeze_stages
+from ._names import unwrapped_name
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
 from ._options import (check_bool, check_frozen_stages, check_init_cfg, check_pretrained,
                        compile_kwargs, unknown_options_message)
@@ -156,6 +158,8 @@ class TimmBackbone(BaseModule):
                                                max(plan.timm_indices), model_name)
             for m in self.frozen_modules():
                 m.eval()
+        # the blocks / stages FSDP shards one at a time and activation checkpointing recomputes
+        self.block_paths: List[str] = mark_blocks(self.model, self.levels)
         self.channels_last = channels_last
         if channels_last:  # after the converters, which replace modules
             self.to(memory_format=torch.channels_last)
@@ -183,8 +187,11 @@ class TimmBackbone(BaseModule):
         return [s.stride for s in self.feature_specs]
 
     def frozen_modules(self) -> List[nn.Module]:
-        """The modules of the frozen stages (looked up by path: converters may swap them)."""
-        modules = dict(self.model.named_modules())
+        """The modules of the frozen stages (looked up by path: converters may swap them; under
+        FSDP or activation-checkpoint wrappers, the outermost wrapper of each)."""
+        modules: Dict[str, nn.Module] = {}
+        for path, module in self.model.named_modules():  # wrappers come before what they wrap
+            modules.setdefault(unwrapped_name(path), module)
         return [modules[p] for p in self._frozen_paths]
 
     def init_weights(self) -> None:
@@ -235,7 +242,9 @@ class TimmBackbone(BaseModule):
         (`BackbonePlan.run_size`: sides to a multiple of `exact_divisor`, at which its maps
         are exactly input / stride; `margin` more for models whose maps fall short of the input,
         such as inception's unpadded convolutions; a fixed-size model to its size), and the
-        maps of the padding are cropped off again.
+        maps of the padding are cropped off again. Outside autocast, maps have the input's dtype
+        (blocks may compute in another one: FSDP mixed precision of the blocks only,
+        `engine/_fsdp.py`).
         """
         self._check_input(x)
         if self.channels_last:
@@ -245,6 +254,11 @@ class TimmBackbone(BaseModule):
         if run_hw != hw:
             x = F.pad(x, (0, run_hw[1] - hw[1], 0, run_hw[0] - hw[0]))
         feats = self.model(x)
+        if any(f.dtype != x.dtype for f in feats) and \
+                not torch.is_autocast_enabled(x.device.type):
+            # blocks computing in another precision (FSDP mixed precision of the blocks only)
+            # hand their maps on in the input's dtype
+            feats = [f.to(x.dtype) for f in feats]
         if self.plan.output_format == 'NHWC':
             feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
         outs = tuple(feats[i] for i in self._order)

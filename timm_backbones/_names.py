@@ -4,22 +4,43 @@ FeatureGetterNet and FeatureHookNet keep the model under a prefix (`model.`, `bo
 the wrapper maps back to the full model's name with `full_name`; stages are located with it
 (`_freeze.py`), loaded weights counted (`_weights.py`) and layer decay mapped
 (`engine/_layer_decay.py`).
+
+Model wrappers applied around parts of a model insert their own parts into names: FSDP units
+(`blocks.0._fsdp_wrapped_module.norm1.weight`) and activation-checkpoint wrappers
+(`_checkpoint_wrapped_module`). `unwrapped_name` drops them, and every mapping here starts from
+it, so the names of an FSDP-wrapped model map like the plain model's.
 """
 from typing import Callable, Iterable, Iterator, Optional
 
-__all__ = ['spellings', 'full_name', 'wrapper_path']
+__all__ = ['WRAPPER_PARTS', 'unwrapped_name', 'spellings', 'full_name', 'wrapper_path']
+
+# The name parts of torch's FSDP units (`FullyShardedDataParallel`) and activation-checkpoint
+# wrappers (`checkpoint_wrapper`): the attribute under which each keeps the module it wraps.
+WRAPPER_PARTS = ('_fsdp_wrapped_module', '_checkpoint_wrapped_module')
+
+
+def unwrapped_name(name: str) -> str:
+    """`name` without the parts FSDP units and activation-checkpoint wrappers insert: the name
+    the module or parameter has in the model without those wrappers.
+
+    Example:
+        >>> unwrapped_name('blocks.0._fsdp_wrapped_module._checkpoint_wrapped_module.norm1.weight')
+        'blocks.0.norm1.weight'
+    """
+    return '.'.join(p for p in name.split('.') if p not in WRAPPER_PARTS)
 
 
 def spellings(wrapper_name: str) -> Iterator[str]:
-    """The full-model names a wrapper name may stand for, most literal first: the name as it is,
-    then with leading parts dropped (a wrapper prefix), each also with its first part unflattened
-    at an underscore (`stages_0.x` -> `stages.0.x`).
+    """The full-model names a wrapper name may stand for, most literal first: the name as it is
+    (FSDP and checkpoint-wrapper parts dropped, `unwrapped_name`), then with leading parts
+    dropped (a wrapper prefix), each also with its first part unflattened at an underscore
+    (`stages_0.x` -> `stages.0.x`).
 
     Example:
         >>> list(spellings('stages_0.w'))
         ['stages_0.w', 'stages.0.w', 'w']
     """
-    parts = wrapper_name.split('.')
+    parts = unwrapped_name(wrapper_name).split('.')
     for i in range(len(parts)):
         head, rest = parts[i], parts[i + 1:]
         yield '.'.join([head] + rest)
@@ -41,7 +62,8 @@ def full_name(wrapper_name: str, accept: Callable[[str], bool]) -> Optional[str]
 
 def wrapper_path(paths: Iterable[str], name: str) -> str:
     """The path among a wrapper's module `paths` that stands for the full model's module `name`
-    (timm's `feature_info` names), the shortest if several do; '' if none (e.g. pruned away).
+    (timm's `feature_info` names), the shortest if several do (under FSDP: the unit wrapping the
+    module); '' if none (e.g. pruned away).
 
     Example:
         >>> wrapper_path(['stem_0', 'stages_0', 'stages_1'], 'stages.1')

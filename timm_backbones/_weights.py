@@ -150,14 +150,23 @@ def check_load(report: LoadReport, min_fraction: float = MIN_LOADED, advice: str
         f'{why}.{shapes} {advice}'.rstrip())
 
 
-def verify_state_dict(module: nn.Module, state_dict: Mapping[str, Any], target: str,
+Target = Union[nn.Module, Mapping[str, Tensor]]
+
+
+def _own_state(target: Target) -> Mapping[str, Tensor]:
+    """The state a load is checked against: a module's, or a given one (names and shapes, e.g.
+    of a model whose parameters are FSDP shards, recorded before it was wrapped)."""
+    return target if isinstance(target, Mapping) else target.state_dict()
+
+
+def verify_state_dict(module: Target, state_dict: Mapping[str, Any], target: str,
                       source: str, scope: str = '', min_fraction: float = MIN_LOADED,
                       advice: str = '') -> LoadReport:
     """`check_load` of loading `state_dict` into `module`, counting the tensors whose names
     start with `scope` (nothing is loaded here).
 
     Args:
-        module: Where the tensors go.
+        module: Where the tensors go, or its state (only names and shapes are read).
         state_dict: Name -> tensor, names as in `module.state_dict()`.
         target: What `module` is, for messages.
         source: Where the tensors came from, for messages.
@@ -169,7 +178,7 @@ def verify_state_dict(module: nn.Module, state_dict: Mapping[str, Any], target: 
         >>> verify_state_dict(detector, state, 'the detector', path, scope='backbone.').total
         102
     """
-    own = module.state_dict()
+    own = _own_state(module)
     expected = tuple(k for k in own if k.startswith(scope))
     found = tuple(k for k in state_dict if isinstance(k, str))
     shape = {k: tuple(getattr(v, 'shape', ())) for k, v in state_dict.items()}
@@ -325,14 +334,15 @@ def load_init_checkpoint(module: nn.Module, cfg: Mapping[str, Any], target: str)
     return load_verified(module, state, target, where, advice=ADVICE['init_cfg'])
 
 
-def _detector_scope(model: nn.Module) -> str:
+def _detector_scope(model: Target) -> str:
     """Detector loads are judged by the backbone's tensors (the heads may be re-initialised)."""
-    return 'backbone.' if any(k.startswith('backbone.') for k in model.state_dict()) else ''
+    return 'backbone.' if any(k.startswith('backbone.') for k in _own_state(model)) else ''
 
 
-def verify_detector_checkpoint(model: nn.Module, checkpoint: Any, filename: str) -> LoadReport:
-    """`verify_state_dict` of a whole-model checkpoint already loaded by a runner (`load_from`,
+def verify_detector_checkpoint(model: Target, checkpoint: Any, filename: str) -> LoadReport:
+    """`verify_state_dict` of a whole-model checkpoint read by a runner (`load_from`,
     `tools/test.py`, resume): loaded/total backbone tensors, an error when too few matched.
+    `model` may be the model's state (names and shapes) instead of the model.
 
     Example:
         >>> verify_detector_checkpoint(detector, torch.load(path), path)

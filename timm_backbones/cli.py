@@ -2,7 +2,7 @@
 
     timm-backbones list [PATTERN] [--plain | --hierarchical] [--output-stride] [--json] [--live]
     timm-backbones show ARCH [--out-indices I ...] [--output-stride N]
-    timm-backbones config DETECTOR ARCH [--no-pretrained]
+    timm-backbones config DETECTOR ARCH [--no-pretrained]     (or a segmentor family)
     timm-backbones check CONFIG [--cfg-options KEY=VALUE ...]
 
 Everything runs on the meta device (no weights are allocated or downloaded). `list` reads the
@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('arch', help="timm architecture or tag, e.g. 'convnext_tiny'")
     p.add_argument('--out-indices', type=int, nargs='+', help='levels to return (e.g. -3 -2 -1)')
     p.add_argument('--output-stride', type=int, choices=(8, 16, 32))
-    p = sub.add_parser('config', help='a complete config for a shipped detector family')
-    p.add_argument('detector', choices=list(FAMILIES), help='detector family')
+    p = sub.add_parser('config', help='a complete config for a shipped detector (or '
+                       'segmentor) family')
+    p.add_argument('detector', choices=list(FAMILIES), help='detector or segmentor family')
     p.add_argument('arch', help='timm architecture or tag')
     p.add_argument('--no-pretrained', action='store_true',
                    help='pretrained=False (random init; no download)')

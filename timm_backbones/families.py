@@ -1,11 +1,13 @@
-"""The detector families, derived from the shipped configs: each family is a config in
-`configs/` (every channel and stride field `'auto'`), and any timm architecture goes into it by
-swapping the backbone. The one source for `timm-backbones config FAMILY ARCH`
-(`family_config_text`), the compatibility sweep (`sweep.py`, `family_model`) and the tests.
+"""The detector and segmentor families, derived from the shipped configs: each family is a config
+in `configs/` (detection) or `configs/seg/` (segmentation, mmseg), every channel and stride field
+`'auto'`, and any timm architecture goes into it by swapping the backbone. The one source for
+`timm-backbones config FAMILY ARCH` (`family_config_text`), the compatibility sweep (`sweep.py`,
+`family_model`) and the tests.
 
 What a family keeps of its config's backbone is `FAMILY_OPTIONS` (which levels its neck takes);
 the rest (the model, its weights, drop path, freezing) belongs to the shipped model. A model that
-only runs at one size is built for the family's `canvas` (covering its test scale).
+only runs at one size is built for the family's `canvas` (covering its test scale); in a
+segmentation family it is also tested in slide mode, on crops of that size (`fixed_size_model`).
 """
 import copy
 import difflib
@@ -19,26 +21,30 @@ from ._cache import memoize
 from ._plan import plan_from_config
 from ._specs import round_up
 
-__all__ = ['DetectorFamily', 'FAMILIES', 'FAMILY_OPTIONS', 'configs_dir', 'get_family',
-           'family_backbone', 'family_config_text', 'family_model']
+__all__ = ['DetectorFamily', 'FAMILIES', 'FAMILY_OPTIONS', 'DETECTION', 'SEGMENTATION',
+           'SEG_FAMILIES', 'configs_dir', 'get_family', 'family_backbone', 'family_config_text',
+           'family_model', 'fixed_size_model']
 
 # Backbone options a family takes from its config: the levels its neck is built for.
 FAMILY_OPTIONS = ('out_indices',)
+DETECTION, SEGMENTATION = 'detection', 'segmentation'  # the tasks (mmdet, mmseg)
 
 
 @dataclass(frozen=True)
 class DetectorFamily:
-    """One detector family: a shipped config whose backbone any timm architecture replaces.
+    """One detector (or segmentor) family: a shipped config whose backbone any timm architecture
+    replaces.
 
     Args:
         name: Short name (`timm-backbones config NAME ARCH`).
-        title: Detector and neck, for tables.
-        config: The config file in `configs/`.
+        title: Detector (segmentor) and neck / head, for tables.
+        config: The config file, relative to `configs/`.
         canvas: Side of the square a fixed-size model takes (covers the config's test
-            scale; a multiple of 7, 14, 16 and 32). It is built for the canvas rounded up to
-            its deepest stride (levit's 64: the necks' 2x upsampling then meets every level),
-            plus the margin its maps need (`BackbonePlan.margin`: pit's unpadded patch
-            embedding).
+            scale, or a segmentor's crop; a multiple of 7, 14, 16 and 32 where it can be). It
+            is built for the canvas rounded up to its deepest stride (levit's 64: the necks' 2x
+            upsampling then meets every level), plus the margin its maps need
+            (`BackbonePlan.margin`: pit's unpadded patch embedding).
+        task: `DETECTION` (mmdet) or `SEGMENTATION` (mmseg).
 
     Example:
         >>> FAMILIES['yolof'].config
@@ -48,6 +54,12 @@ class DetectorFamily:
     title: str
     config: str
     canvas: int = 1344
+    task: str = DETECTION
+
+    @property
+    def package(self) -> str:
+        """The OpenMMLab package of the family's models."""
+        return 'mmseg' if self.task == SEGMENTATION else 'mmdet'
 
     @property
     def path(self) -> Path:
@@ -68,7 +80,21 @@ FAMILIES: Dict[str, DetectorFamily] = {f.name: f for f in (
     DetectorFamily('dino', 'DINO + ChannelMapper', 'dino-4scale_timm-swin-tiny_8xb2-12e_coco.py'),
     DetectorFamily('rtmdet', 'RTMDet + CSPNeXtPAFPN',
                    'rtmdet_timm-convnext-tiny_4xb32-100e_coco.py', canvas=672),
+    # segmentation (mmseg): ADE20K configs, 512x512 crops
+    DetectorFamily('upernet', 'UPerNet + FCN auxiliary head',
+                   'seg/upernet_timm-convnext-tiny_4xb4-160k_ade20k-512x512.py', canvas=512,
+                   task=SEGMENTATION),
+    DetectorFamily('segformer', 'SegFormer head',
+                   'seg/segformer_timm-pvt-v2-b2_8xb2-160k_ade20k-512x512.py', canvas=512,
+                   task=SEGMENTATION),
+    DetectorFamily('fpn', 'Semantic FPN (FPN + FPNHead)',
+                   'seg/fpn_timm-efficientnet-b3_4xb4-160k_ade20k-512x512.py', canvas=512,
+                   task=SEGMENTATION),
+    DetectorFamily('mask2former', 'Mask2Former (mmseg)',
+                   'seg/mask2former_timm-swin-tiny_8xb2-160k_ade20k-512x512.py', canvas=512,
+                   task=SEGMENTATION),
 )}
+SEG_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.task == SEGMENTATION)
 
 
 def configs_dir() -> Path:
@@ -122,6 +148,23 @@ def family_backbone(family: str, arch: str, pretrained: bool = True) -> Dict[str
     return cfg
 
 
+def fixed_size_model(family: str, backbone: Mapping[str, Any]) -> Dict[str, Any]:
+    """Model settings (besides the backbone) a family's config gets for a backbone that only
+    runs at one size: a segmentor infers in slide mode on crops of the size it is built for
+    (mmseg's whole-image inference would feed it test images larger than that); detectors need
+    none.
+
+    Example:
+        >>> fixed_size_model('upernet', dict(input_size=(512, 512)))
+        {'test_cfg': {'mode': 'slide', 'crop_size': (512, 512), 'stride': (341, 341)}}
+    """
+    size = backbone.get('input_size')
+    if get_family(family).task != SEGMENTATION or size is None:
+        return {}
+    return dict(test_cfg=dict(mode='slide', crop_size=tuple(size),
+                              stride=tuple(2 * s // 3 for s in size)))
+
+
 def _py(value: Any, indent: int) -> str:
     """A config value as Python source (dicts as `dict(...)`, one key per line when long)."""
     if isinstance(value, Mapping):
@@ -157,14 +200,18 @@ def family_config_text(family: str, arch: str, pretrained: bool = True) -> str:
         f'# (configs/{spec.config} with the backbone swapped).',
         f'# Backbone outputs, channels@stride: {levels}.',
         "# Every channel and stride field of the base is 'auto': filled from the backbone when",
-        "# the config is resolved (any route: tools/train.py, mmdet's own tools and APIs,",
+        f"# the config is resolved (any route: tools/train.py, {spec.package}'s own tools and "
+        'APIs,',
         '# `timm-backbones check CONFIG`).',
     ]
     if 'input_size' in backbone:
         lines.append(f"# {arch} only runs at the size it is built for: built for "
                      f"{backbone['input_size']}, smaller inputs are zero-padded to it.")
+    extra = fixed_size_model(family, backbone)
+    if extra:
+        lines.append('# Tested in slide mode, on crops of that size.')
     lines += [f'_base_ = [{str(spec.path)!r}]', '',
-              f'model = {_py(dict(backbone=dict(_delete_=True, **backbone)), 0)}', '']
+              f'model = {_py(dict(backbone=dict(_delete_=True, **backbone), **extra), 0)}', '']
     return '\n'.join(lines)
 
 
@@ -178,4 +225,6 @@ def family_model(family: str, arch: str) -> Dict[str, Any]:
     """
     model = copy.deepcopy(_shipped_model(family))
     model['backbone'] = family_backbone(family, arch, pretrained=False)
+    for key, value in fixed_size_model(family, model['backbone']).items():
+        model[key] = {**model.get(key, {}), **value}  # merged as config inheritance merges
     return model

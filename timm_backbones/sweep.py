@@ -1,5 +1,5 @@
-"""Which timm architectures work in which detector: the check of one architecture in the shipped
-detector families (`families.py`: the configs in `configs/`, as `timm-backbones config DETECTOR
+"""Which timm architectures work in which detector (or segmentor): the check of one architecture in
+the shipped detector and segmentation families (`families.py`: the configs in `configs/`, as `timm-backbones config DETECTOR
 ARCH` prints them), used by `tools/sweep.py`, the compatibility matrix (`docs/compatibility.csv`)
 and the tests.
 
@@ -10,8 +10,11 @@ with sides that are not multiples of 32): the backbone at the image size and at 
 config's data preprocessor pads it to, the neck and the dense heads at the padded size. Every
 map must be exactly ceil(input / stride) for the levels the wiring predicted. Outcomes:
 'ok'; 'rejected' (resolve_config or the backbone refused the architecture up front with a clear
-error of ours); 'failed' (anything else: a wiring bug to fix).
+error of ours); 'failed' (anything else: a wiring bug to fix). Segmentation families (mmseg) are
+checked the same way (`check_seg_family`): backbone, neck and every decode and auxiliary head.
 """
+import copy
+import importlib.metadata
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,10 +22,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .families import (FAMILIES, DetectorFamily, configs_dir, family_backbone,
-                       family_config_text, family_model)
+from .families import (FAMILIES, SEGMENTATION, DetectorFamily, configs_dir, family_backbone,
+                       family_config_text, family_model, get_family)
 from ._plan import plan_backbone
-from ._meta_ops import on_meta
+from ._meta_ops import fast_meta, on_meta
 from ._probe import supports_kwargs
 from ._cache import Memo
 from ._specs import FeatureSpec, check_maps, round_up
@@ -31,7 +34,8 @@ __all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZES', '
            'STATUSES',
            'FamilyResult', 'ArchResult', 'describe_architecture', 'family_backbone',
            'family_config_text', 'family_model', 'check_family', 'check_architecture',
-           'is_plain', 'configs_dir', 'environment', 'check_layer_decay']
+           'is_plain', 'configs_dir', 'environment', 'check_layer_decay', 'SEG_CHECK_SIZE',
+           'SEG_MATRIX_FAMILIES', 'check_seg_family']
 
 # (H, W) images a check runs the detector at: detection-like and non-square, one a multiple of
 # 32 and one not (odd sides), within every family's canvas
@@ -39,10 +43,14 @@ DETECTION_SIZES = ((608, 800), (427, 569))
 STATUSES = ('ok', 'rejected', 'failed', 'timeout')
 
 
-# The families of the published matrix (docs/compatibility.csv): every shipped detector config.
+# The families of the published matrix (docs/compatibility.csv): every shipped detector config,
+# and every segmentation family (one per head kind).
+SEG_MATRIX_FAMILIES = ('upernet', 'segformer', 'fpn', 'mask2former')
 MATRIX_FAMILIES = ('retinanet', 'fcos', 'atss', 'faster-rcnn', 'mask-rcnn', 'cascade-rcnn',
-                   'yolof', 'dino', 'rtmdet')
-# the sizes of families whose canvas is smaller (RTMDet's 640x640 test scale)
+                   'yolof', 'dino', 'rtmdet') + SEG_MATRIX_FAMILIES
+SEG_CHECK_SIZE = (384, 512)  # H, W: a non-square input within the segmentation families' crop
+_DECODER_SIZE = (128, 160)  # H, W of the CPU run of MaskFormer-style pixel decoders
+# the sizes of detection families whose canvas is smaller (RTMDet's 640x640 test scale)
 CHECK_SIZES = {'rtmdet': ((480, 640), (427, 569))}
 
 
@@ -139,6 +147,8 @@ def check_family(family: str, arch: str,
     from mmengine.registry import init_default_scope
 
     from .wiring import resolve_config
+    if get_family(family).task == SEGMENTATION:  # one size (the first of `sizes`)
+        return check_seg_family(family, arch, tuple(sizes[0]) if sizes else None)
     try:
         model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
         levels = _neck_levels(model_cfg)
@@ -164,6 +174,82 @@ def check_family(family: str, arch: str,
     except Exception as err:  # noqa: BLE001 - the matrix records every failure with its reason
         return FamilyResult('failed', _first_line(err))
     return FamilyResult('ok')
+
+
+def check_seg_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
+                     ) -> FamilyResult:
+    """`arch` in a segmentation family (mmseg), on the meta device: resolve, build the whole
+    segmentor, run backbone, neck and every decode and auxiliary head at `size` (default
+    `SEG_CHECK_SIZE`; padded as the config pads) and check every map: each head's output has its
+    classes at the size of the first level it reads. A MaskFormer-style head's pixel decoder
+    (deformable attention: shapes read from tensors, no meta run) runs on CPU zeros of the
+    maps' shapes, its weights made real.
+
+    Example:
+        >>> check_seg_family('upernet', 'resnet18').status
+        'ok'
+    """
+    from mmengine.registry import init_default_scope
+
+    from . import seg  # noqa: F401  (registers the plugin in mmseg's registries)
+    from .wiring import resolve_config
+    try:
+        model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
+        levels = _neck_levels(model_cfg)
+    except (ValueError, TypeError) as err:
+        return FamilyResult('rejected', _first_line(err))
+    try:
+        init_default_scope('mmseg')
+        segmentor, maps = _detector(model_cfg)
+        size = size or SEG_CHECK_SIZE
+        pre = model_cfg['data_preprocessor']
+        divisor = pre.get('size_divisor') or (pre.get('test_cfg') or {}).get('size_divisor') or 1
+        def features(hw: Tuple[int, int]) -> Sequence[torch.Tensor]:
+            padded = tuple(round_up(s, divisor) for s in hw)
+            with torch.no_grad(), fast_meta():
+                if padded not in maps:
+                    maps[padded] = segmentor.backbone(torch.empty(1, 3, *padded, device='meta'))
+                feats = segmentor.neck(maps[padded]) if segmentor.with_neck else maps[padded]
+                check_maps([f.shape for f in feats], levels, padded, f'{family} neck')
+            return feats
+
+        auxiliary = getattr(segmentor, 'auxiliary_head', None)
+        heads = [segmentor.decode_head] + (list(auxiliary) if isinstance(
+            auxiliary, torch.nn.ModuleList) else [auxiliary] if auxiliary else [])
+        for head in heads:  # pixel decoders run on the CPU: at a small size
+            _run_seg_head(head, features(_DECODER_SIZE if hasattr(head, 'pixel_decoder')
+                                         else size))
+    except Exception as err:  # noqa: BLE001 - the matrix records every failure with its reason
+        return FamilyResult('failed', _first_line(err))
+    return FamilyResult('ok')
+
+
+def _run_seg_head(head: torch.nn.Module, feats: Sequence[torch.Tensor]) -> None:
+    """A decode head on the maps: its classes at the size of the first level it reads; a
+    pixel decoder (MaskFormer-style heads) on CPU zeros: its mask features at the first level's
+    size, its multi-scale features at the deepest levels' sizes."""
+    decoder = getattr(head, 'pixel_decoder', None)
+    if decoder is not None:
+        real = copy.deepcopy(decoder).to_empty(device='cpu')
+        with torch.no_grad():
+            for tensor in list(real.parameters()) + list(real.buffers()):
+                tensor.fill_(0.01) if tensor.is_floating_point() else tensor.zero_()
+            mask, multi = real([torch.zeros(f.shape) for f in feats])
+        wanted = [tuple(f.shape[-2:]) for f in feats[::-1][:len(multi)]]
+        if tuple(mask.shape[-2:]) != tuple(feats[0].shape[-2:]) or \
+                [tuple(m.shape[-2:]) for m in multi] != wanted:
+            raise AssertionError(f'pixel decoder: mask features {tuple(mask.shape)} and '
+                                 f'multi-scale features {[tuple(m.shape) for m in multi]} for '
+                                 f'maps {[tuple(f.shape) for f in feats]}')
+        return
+    with torch.no_grad(), fast_meta():
+        out = head(list(feats))
+    index = head.in_index if isinstance(head.in_index, (list, tuple)) else [head.in_index]
+    first = feats[index[0]]
+    if out.shape[1] != head.out_channels or tuple(out.shape[-2:]) != tuple(first.shape[-2:]):
+        raise AssertionError(f'{type(head).__name__}: output {tuple(out.shape)} for maps '
+                             f'{[tuple(f.shape) for f in feats]} (in_index {head.in_index}, '
+                             f'{head.out_channels} classes)')
 
 
 # Meta-device detectors by their config less the backbone, and the current architecture's
@@ -271,9 +357,13 @@ def environment() -> Dict[str, str]:
     import timm
 
     from .version import __version__
-    return dict(timm=timm.__version__, torch=torch.__version__.split('+')[0],
-                mmdet=mmdet.__version__, mmengine=mmengine.__version__,
-                timm_backbones=__version__, cpus=str(os.cpu_count()))
+    found = dict(timm=timm.__version__, torch=torch.__version__.split('+')[0],
+                 mmdet=mmdet.__version__, mmengine=mmengine.__version__)
+    try:  # read, not imported (the segmentation families import it when they are checked)
+        found['mmseg'] = importlib.metadata.version('mmsegmentation')
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return dict(found, timm_backbones=__version__, cpus=str(os.cpu_count()))
 
 
 def check_layer_decay(name: str, rate: float = 0.75) -> Tuple[str, str]:

@@ -15,6 +15,9 @@ Sections (all by default; pick with --only):
   with_cp    peak training memory (and step time) with gradient checkpointing vs without,
              ViT-B and ConvNeXt-T at 512x512
   speed      channels_last and torch.compile vs eager (and torch.compile's compile time)
+  onnx       end-to-end inference, onnxruntime (tools/export.py's graph) vs PyTorch eager
+             (the data preprocessor + predict, what tools/test.py runs on a checkpoint): the
+             demo RetinaNet, FCOS and Faster R-CNN, uint8 image in, detections out
 
 Memory is measured in fresh child processes: peak resident memory (VmHWM, reset through
 /proc/self/clear_refs) during the step, minus the resident memory before it.
@@ -38,7 +41,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE = 'cpu'  # --device: where models and inputs live (builds stay on the CPU)
-SECTIONS = ('adapter', 'retinanet', 'configs', 'specs', 'with_cp', 'speed')
+SECTIONS = ('adapter', 'retinanet', 'configs', 'specs', 'with_cp', 'speed', 'onnx')
 MB = 2 ** 20
 
 # Sizes and repetitions: (--quick, full).
@@ -58,7 +61,14 @@ SETTINGS = {
     'speed_models': (('resnet18',), ('resnet50', 'convnext_tiny')),
     'speed_input': ((1, 224), (1, 512)),
     'speed_reps': (5, 5),
+    'onnx_size': (320, 512),  # COCO configs; the demo runs at its own 256x256
+    'onnx_reps': (3, 10),
 }
+
+# (config, input side or None for 'onnx_size'): the demo detector and two shipped families
+ONNX_CONFIGS = (('retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py', 256),
+                ('fcos_timm-resnet50_fpn_gn-head_1x_coco.py', None),
+                ('faster-rcnn_timm-regnety-032_fpn_1x_coco.py', None))
 
 # (model, TimmBackbone options): CNNs, NHWC (Swin), EfficientNet, a ViT without and with its
 # simple pyramid (its default for a plain model), each vs the raw timm extractor.
@@ -442,6 +452,61 @@ def bench_speed(q: int) -> Dict[str, Any]:
     return dict(results=results, table=text)
 
 
+def bench_onnx(q: int, threads: int) -> Dict[str, Any]:
+    import tempfile
+    if DEVICE != 'cpu':
+        raise SystemExit('the onnx section compares on the CPU (onnxruntime CPU provider); run '
+                         'it with --device cpu')
+    reps = SETTINGS['onnx_reps'][q]
+    rows, results = [], {}
+    with tempfile.TemporaryDirectory(prefix='bench_onnx_') as folder:
+        for config, side in ONNX_CONFIGS:
+            rows.append(_bench_onnx_config(config, side or SETTINGS['onnx_size'][q], reps,
+                                           threads, folder, results))
+            print(rows[-1], flush=True)
+    text = table(['config', 'input (uint8)', 'PyTorch eager ms', 'onnxruntime ms',
+                  'ratio (onnxruntime / PyTorch)', 'detections (PyTorch / ONNX)',
+                  'export s'], rows)
+    return dict(results=results, table=text)
+
+
+def _bench_onnx_config(config: str, side: int, reps: int, threads: int, folder: str,
+                       results: Dict[str, Any]) -> List[str]:
+    import onnxruntime
+    import torch
+    from mmdet.structures import DetDataSample
+    from timm_backbones import init_detector
+    from timm_backbones.deploy import export_end2end
+    torch.manual_seed(0)
+    model = init_detector(os.path.join(ROOT, 'configs', config))
+    model.init_weights()
+    model.eval()
+    path = os.path.join(folder, config.replace('.py', '.onnx'))
+    start = time.perf_counter()
+    export_end2end(model, path, (side, side))
+    export_s = time.perf_counter() - start
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    img = torch.randint(0, 256, (3, side, side), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(0))
+    sample = DetDataSample(metainfo=dict(img_shape=(side, side), ori_shape=(side, side),
+                                         scale_factor=(1.0, 1.0)))
+    data = dict(inputs=[img], data_samples=[sample])
+    feed = {'images': img[None].numpy()}
+    with torch.no_grad():
+        times = interleaved({'pytorch': lambda: model.test_step(data),
+                             'onnxruntime': lambda: session.run(None, feed)}, reps)
+        found = (len(model.test_step(data)[0].pred_instances),
+                 int(session.run(None, feed)[3][0]))
+    r = ratio(times, 'onnxruntime', 'pytorch')
+    results[config] = dict(side=side, export_seconds=export_s, detections=found,
+                           **{k: summary(v) for k, v in times.items()}, ratio=r)
+    return [config[:-3], f'1x3x{side}x{side}', fmt_time(summary(times['pytorch'])),
+            fmt_time(summary(times['onnxruntime'])), fmt_ratio(r), f'{found[0]} / {found[1]}',
+            f'{export_s:.0f}']
+
+
 # ---- report ------------------------------------------------------------------------------------
 def machine(threads: int) -> Dict[str, str]:
     import mmcv
@@ -474,6 +539,7 @@ TITLES = {
     'specs': 'feature_specs (meta device) vs a real build',
     'with_cp': 'Gradient checkpointing (with_cp): peak training memory',
     'speed': 'channels_last and torch.compile vs eager (eval forward)',
+    'onnx': 'End-to-end inference: onnxruntime vs PyTorch eager (uint8 image to detections)',
 }
 
 
@@ -532,7 +598,8 @@ def main() -> None:
     print(json.dumps(info, indent=1), flush=True)
     runners = {'adapter': lambda: bench_adapter(q), 'retinanet': lambda: bench_retinanet(q),
                'configs': lambda: bench_configs(q), 'specs': lambda: bench_specs(q, args.threads),
-               'with_cp': lambda: bench_with_cp(q, args.threads), 'speed': lambda: bench_speed(q)}
+               'with_cp': lambda: bench_with_cp(q, args.threads), 'speed': lambda: bench_speed(q),
+               'onnx': lambda: bench_onnx(q, args.threads)}
     sections = {}
     for name in args.only:
         start = time.perf_counter()

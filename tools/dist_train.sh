@@ -7,6 +7,8 @@
 # Without CUDA, GPUS is the number of CPU processes: TimmBackboneRunner then uses the gloo
 # backend and CPU DistributedDataParallel (mmengine's own Runner needs CUDA for this), e.g.
 #   tools/dist_train.sh configs/x.py 2 --work-dir work_dirs/x
+# Configs with runner_type='mmdet.TimmBackboneFlexibleRunner' and a strategy (FSDP, e.g.
+# configs/mask-rcnn_timm-vit-large-p16-mae_fpn_fsdp-layer-decay-1x_coco.py) run the same way.
 # torchrun sets OMP_NUM_THREADS=1 per process unless it is set.
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 # Install the pinned stack into the project's virtual environment (.venv by default):
 # torch + torchvision, mmcv with its compiled ops (built once, cached outside the repo),
 # mmengine, mmdet, timm, the test tools, the ONNX export extra (onnx, onnxscript, onnxruntime),
-# and this package (editable).
+# mmsegmentation (timm_backbones.seg) and this package (editable).
 #
 # Idempotent: when the environment already matches requirements/constraints.txt and setup.py
 # (recorded in a stamp file), it returns at once. If any step fails, the stamp is not written and
@@ -51,13 +51,13 @@ log "installing mmcv from $wheel"
 "$PY" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS" "$wheel"
 
 # 4. The rest of the stack and this package.
-log "installing mmengine, mmdet, timm, test tools and the export extra"
+log "installing mmengine, mmdet, mmsegmentation, timm, test tools and the export extra"
 pip_install -r requirements/runtime.in -r requirements/export.in
 "$PY" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 
 # 5. Prove the stack imports (compiled ops included) before declaring success.
 "$PY" -c "import mmdet.models, mmcv.ops, timm, timm_backbones; from mmcv.ops import nms, RoIAlign
-import onnx, onnxscript, onnxruntime" \
+import onnx, onnxscript, onnxruntime; import mmseg.models" \
   || die "the installed stack does not import"
 echo "$want" > "$stamp"
 log "done in $(( $(date +%s) - start ))s"

@@ -1,13 +1,16 @@
 """Test (and evaluate) a detector whose config uses timm backbones (mmdet 3.3's tools/test.py,
-resolved).
+resolved), from a checkpoint or from an end-to-end ONNX graph of tools/export.py.
 
 Same arguments as mmdet's tools/test.py. Configs are built by their `runner_type`, or by
-`TimmBackboneRunner` if they set none; the checkpoint is loaded weights-only. Distributed:
-tools/dist_test.sh.
+`TimmBackboneRunner` if they set none; the checkpoint is loaded weights-only. A `.onnx` model
+runs in onnxruntime over the config's test set (`timm_backbones.deploy.OnnxDetector`), with the
+config's evaluator and printout; boxes (and masks) are mapped back to the original images as
+mmdet maps them. Distributed: tools/dist_test.sh.
 
 Example:
     python tools/test.py configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py \
         work_dirs/r/epoch_12.pth --out results.pkl
+    python tools/test.py configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py retinanet.onnx
 """
 import argparse
 import os
@@ -22,6 +25,7 @@ from mmengine import ConfigDict
 from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
+from timm_backbones.deploy import onnx_test_config  # registers OnnxDetector
 from timm_backbones.engine import load_config
 
 
@@ -29,7 +33,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and eval) a detector with a timm '
                                      'backbone')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file, or an end-to-end .onnx graph of '
+                        'tools/export.py (evaluated in onnxruntime)')
     parser.add_argument(
         '--work-dir', help='the directory to save the file containing evaluation metrics')
     parser.add_argument(
@@ -73,7 +78,14 @@ def main() -> None:
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
-    cfg.load_from = args.checkpoint
+    if args.checkpoint.endswith('.onnx'):
+        if args.tta:
+            raise ValueError('--tta needs the PyTorch model (it merges augmented predictions '
+                             'before NMS); an exported .onnx graph has NMS inside. Test the '
+                             'checkpoint with --tta instead.')
+        cfg = onnx_test_config(cfg, args.checkpoint)
+    else:
+        cfg.load_from = args.checkpoint
 
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

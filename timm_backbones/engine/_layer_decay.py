@@ -7,10 +7,13 @@ Every backbone parameter gets the lr scale and the weight-decay choice that timm
 no weights), with timm's `no_weight_decay()` names, as `timm.optim.create_optimizer_v2` passes
 them. The feature wrappers lack `group_matcher` and rename modules (FeatureListNet: `stages.0` ->
 `stages_0`; FeatureGetterNet keeps the model under `model.`), so parameter names are mapped from
-the wrapper onto the full model. The classifier head (not in the backbone) holds timm's top layer,
-so the last backbone layer gets `rate`, as in timm's fine-tuning recipes (a headless tag such as
-`.mae` is built with a head for this). Necks, heads and the
-simple pyramid keep the base lr.
+the wrapper onto the full model, once per model on a meta-device build of the wrapper (its
+shapes confirm each match); the backbone's own parameters are then found by name with FSDP
+and activation-checkpoint wrapper parts dropped (`_names.unwrapped_name`), so an FSDP-wrapped
+model (`use_orig_params=True`, whose parameters are flat shards) gets a plain one's groups.
+The classifier head (not in the backbone) holds timm's top layer, so the last backbone layer
+gets `rate`, as in timm's fine-tuning recipes (a headless tag such as `.mae` is built with a
+head for this). Necks, heads and the simple pyramid keep the base lr.
 
 The constructor builds on mmengine's `DefaultOptimWrapperConstructor`, so `custom_keys`,
 `norm_decay_mult`, `bias_decay_mult`, ... compose with it: the layer scale multiplies whatever lr
@@ -30,7 +33,8 @@ from torch import nn
 from .._backbone import TimmBackbone
 from .._cache import Memo, kwargs_key
 from .._meta_ops import on_meta
-from .._names import full_name
+from .._names import full_name, unwrapped_name
+from .._timm import create_features
 
 __all__ = ['TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings', 'LayerSetting',
            'NoGroupMatcherError']
@@ -48,12 +52,21 @@ class NoGroupMatcherError(ValueError):
 _SETTINGS = Memo('layer-decay settings', 64)
 
 
-def _full_model_settings(model_name: str, kwargs: Dict[str, Any], rate: float
-                         ) -> Dict[str, Tuple[LayerSetting, torch.Size]]:
-    """timm's layer-decay settings (and the shape) by parameter name of the full model (meta
-    device, cached)."""
-    return _SETTINGS.get((model_name, kwargs_key(kwargs), rate),
-                         lambda: _read_settings(model_name, kwargs, rate))
+def _wrapper_settings(model_name: str, kwargs: Dict[str, Any], out_indices: Tuple[int, ...],
+                      rate: float) -> Dict[str, LayerSetting]:
+    """timm's layer-decay settings by parameter name of the feature extractor (meta-device
+    builds, cached)."""
+    return _SETTINGS.get((model_name, kwargs_key(kwargs), tuple(out_indices), rate),
+                         lambda: _read_wrapper_settings(model_name, kwargs, out_indices, rate))
+
+
+def _read_wrapper_settings(model_name: str, kwargs: Dict[str, Any], out_indices: Tuple[int, ...],
+                           rate: float) -> Dict[str, LayerSetting]:
+    by_full = _read_settings(model_name, kwargs, rate)
+    with on_meta():
+        wrapper = create_features(model_name, kwargs, out_indices)
+    names = _map_names(model_name, wrapper, {n: shape for n, (_, shape) in by_full.items()})
+    return {n: by_full[full][0] for n, full in names.items()}
 
 
 def _read_settings(model_name: str, kwargs: Dict[str, Any], rate: float
@@ -111,7 +124,8 @@ def layer_decay_settings(backbone: TimmBackbone, rate: float) -> Dict[str, Layer
     applies, as timm's `param_groups_layer_decay` gives them in the full timm model.
 
     Args:
-        backbone: The backbone (its `plan` holds the timm arguments it was built with).
+        backbone: The backbone (its `plan` holds the timm arguments it was built with); its
+            blocks may be FSDP units (with `use_orig_params=True`) or checkpoint-wrapped.
         rate: The layer decay rate (timm's `layer_decay`), 0 < rate <= 1.
 
     Returns:
@@ -126,10 +140,21 @@ def layer_decay_settings(backbone: TimmBackbone, rate: float) -> Dict[str, Layer
         >>> settings['model.stem_0.weight'], settings['model.stages_3.blocks.1.mlp.fc2.bias']
         ((0.0549..., True), (0.8, False))
     """
-    by_full = _full_model_settings(backbone.model_name, backbone.plan.kwargs, float(rate))
-    names = _map_names(backbone.model_name, backbone.model,
-                       {n: shape for n, (_, shape) in by_full.items()})
-    return {f'model.{n}': by_full[full][0] for n, full in names.items()}
+    by_name = _wrapper_settings(backbone.model_name, backbone.plan.kwargs,
+                                backbone.plan.timm_indices, float(rate))
+    found = {}
+    for name, _ in backbone.model.named_parameters():
+        setting = by_name.get(unwrapped_name(name))
+        if setting is None:
+            flat = (' It is a flat parameter of FSDP: layer decay needs the original parameters, '
+                    "model_wrapper=dict(use_orig_params=True) (mmengine's default)."
+                    if 'flat_param' in name else ' This is a bug in timm_backbones; please '
+                    'report it with the model name.')
+            raise RuntimeError(f'layer decay: the parameter {name!r} of the timm feature '
+                               f'extractor for {backbone.model_name!r} has no counterpart in the '
+                               f'full timm model.{flat}')
+        found[f'model.{name}'] = setting
+    return found
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()

@@ -11,24 +11,24 @@ wrong for timm models:
 - Checkpoints are written in tensors and plain containers (`to_plain_checkpoint`), so any
   weights-only reader loads them (mmdet's `DetInferencer(weights=...)` before any plugin is
   imported); they load weights-only, and `load_from` reports how many backbone tensors it
-  loaded (an error when too few matched, `_weights.py`).
+  loaded (an error when too few matched, `_weights.py`). Their optimizer state carries
+  parameter names, so FSDP runs (`TimmBackboneFlexibleRunner`) resume from them and this
+  runner resumes from theirs.
 - With `sample_seeding=True` (set by `configs/_base_/timm_runtime.py`) the training dataloader
   seeds each sample's augmentation from (seed, epoch, sample index) (`engine/_seeding.py`): resume
   is exact and results do not depend on the number of workers.
 - Distributed runs without CUDA (`--launcher pytorch` on CPUs) use the gloo backend and plain
   CPU `DistributedDataParallel`.
+
+Resolution, seeding, checkpoint reading and writing and gloo are shared with the FlexibleRunner
+counterpart (`_runner_common.py`).
 """
 import copy
-import datetime
 import os
 from typing import Any, Dict, Optional, Union
 
-import torch
-import torch.distributed as torch_dist
 from mmdet.registry import RUNNERS
-from mmengine.config import Config, ConfigDict
 from mmengine.device import get_device
-from mmengine.dist import is_distributed
 from mmengine.logging import print_log
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import MODEL_WRAPPERS
@@ -36,18 +36,14 @@ from mmengine.runner import Runner
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .._checkpoint import (check_checkpoint_file, checkpoint_loading, from_plain_checkpoint,
-                           to_plain_checkpoint)
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
-from .._weights import verify_detector_checkpoint
-from ..wiring import resolve_config
-from ._seeding import per_sample_seed_dataloader
+from ._runner_common import TimmRunnerMixin, cpu_launch, init_cpu_process_group
 
 __all__ = ['TimmBackboneRunner']
 
 
 @RUNNERS.register_module()
-class TimmBackboneRunner(Runner):
+class TimmBackboneRunner(TimmRunnerMixin, Runner):
     """mmengine `Runner` that resolves timm backbone configs, keeps timm's fused norm + act
     layers under SyncBN, loads checkpoints weights-only and runs distributed on CPUs.
 
@@ -70,8 +66,11 @@ class TimmBackboneRunner(Runner):
           `ValueError` then says which option to drop.
         - `setup_env`: with `launcher='pytorch'` and no CUDA, the process group uses gloo
           (mmengine would call `torch.cuda.set_device` and use nccl).
-        - `load_checkpoint` / `resume` load weights-only (see `checkpoint_loading`);
-          `save_checkpoint` writes tensors and plain containers only (`to_plain_checkpoint`).
+        - `load_checkpoint` / `resume` load weights-only (see `checkpoint_loading`), verified
+          before the weights are replaced; checkpoints are written in tensors and plain
+          containers only (`to_plain_checkpoint`), with the optimizer state's parameter names
+          (`_optim_state.py`). These, `from_cfg` and gloo are `TimmRunnerMixin`'s, shared
+          with `TimmBackboneFlexibleRunner`.
 
     Example:
         >>> cfg = Config.fromfile('configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py')
@@ -79,20 +78,10 @@ class TimmBackboneRunner(Runner):
         >>> TimmBackboneRunner.from_cfg(cfg).train()
     """
 
-    @classmethod
-    def from_cfg(cls, cfg: Union[Config, ConfigDict, dict]) -> 'TimmBackboneRunner':
-        """Build a runner from a config, after resolving its `'auto'` fields.
-
-        Args:
-            cfg: The whole config (as for `Runner.from_cfg`); it is not modified.
-        """
-        return super().from_cfg(_with_sample_seeding(resolve_config(cfg)))
-
     def setup_env(self, env_cfg: Dict) -> None:
         """mmengine's `setup_env`; with `launcher='pytorch'` and no CUDA, gloo on CPUs."""
-        if self.distributed and not is_distributed() and self.launcher == 'pytorch' and \
-                not torch.cuda.is_available():
-            _init_cpu_process_group(dict(env_cfg.get('dist_cfg', {})))
+        if self.distributed and cpu_launch(self.launcher):
+            init_cpu_process_group(env_cfg.get('dist_cfg', {}))
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: Optional[Dict],
@@ -130,51 +119,3 @@ class TimmBackboneRunner(Runner):
             check_sync_bn_device(model, device)
             default_args['device_ids'] = device_ids
         return MODEL_WRAPPERS.build(wrapper_cfg, default_args=default_args)
-
-    def load_checkpoint(self, filename: str, *args: Any, **kwargs: Any) -> dict:
-        """`Runner.load_checkpoint` (`load_from`, `tools/test.py`'s checkpoint, `resume`),
-        weights-only (see `checkpoint_loading`) and verified: loaded/total backbone tensors are
-        logged, a file that is no checkpoint says so, and a `ValueError` shows expected vs found
-        names when fewer than half of the backbone's tensors matched."""
-        check_checkpoint_file(filename)
-        with checkpoint_loading(filename):
-            checkpoint = from_plain_checkpoint(super().load_checkpoint(filename, *args, **kwargs))
-        model = self.model.module if is_model_wrapper(self.model) else self.model
-        verify_detector_checkpoint(model, checkpoint, filename)
-        return checkpoint
-
-    def call_hook(self, fn_name: str, **kwargs: Any) -> None:
-        """mmengine's `call_hook`; after every hook's `before_save_checkpoint`, the checkpoint
-        is turned into tensors and plain containers (`to_plain_checkpoint`)."""
-        super().call_hook(fn_name, **kwargs)
-        if fn_name == 'before_save_checkpoint':
-            to_plain_checkpoint(kwargs['checkpoint'])
-
-    def resume(self, filename: str, *args: Any, **kwargs: Any) -> None:
-        """`Runner.resume`, weights-only (see `checkpoint_loading`)."""
-        with checkpoint_loading(filename):
-            super().resume(filename, *args, **kwargs)
-
-
-def _with_sample_seeding(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, ConfigDict, dict]:
-    """`cfg` (a resolved copy) with per-sample augmentation seeding on its train dataloader when
-    it sets `sample_seeding=True`."""
-    seeding = cfg.get('sample_seeding', False)
-    if not isinstance(seeding, bool):
-        raise TypeError(f'sample_seeding must be True or False, got {seeding!r}')
-    if seeding and cfg.get('train_dataloader') is not None:
-        cfg['train_dataloader'] = per_sample_seed_dataloader(cfg['train_dataloader'])
-    return cfg
-
-
-def _init_cpu_process_group(dist_cfg: Dict[str, Any]) -> None:
-    """The process group of a torchrun-launched CPU job: gloo, whatever the config names
-    (nccl needs CUDA)."""
-    backend = dist_cfg.pop('backend', 'gloo')
-    if backend != 'gloo':
-        print_log(f"no CUDA device: using the 'gloo' process group backend instead of "
-                  f'{backend!r}', logger='current')
-    timeout = dist_cfg.pop('timeout', None)
-    if timeout is not None:
-        dist_cfg['timeout'] = datetime.timedelta(seconds=timeout)
-    torch_dist.init_process_group(backend='gloo', **dist_cfg)

@@ -3,7 +3,7 @@ the levels they are fed, as data. `_resolve.py` applies these rules; `_necks.py`
 rules.
 """
 __all__ = ['NECK_FIELDS', 'DENSE_HEADS', 'LIST_IN_CHANNELS', 'HEAD_STRIDES', 'GENERATORS',
-           'ROI_EXTRACTORS', 'ATTENTION_LEVELS']
+           'ROI_EXTRACTORS', 'ATTENTION_LEVELS', 'PAD_DIVISORS']
 
 # Neck fields that may hold 'auto'; which of them a neck fills is its `NECKS` entry.
 NECK_FIELDS = ('in_channels', 'num_levels', 'num_scales', 'out_channels')
@@ -23,3 +23,5 @@ ROI_EXTRACTORS = ('bbox_roi_extractor', 'mask_roi_extractor', 'grid_roi_extracto
 # Multi-scale deformable attention of DETR-style detectors: one level per neck output.
 ATTENTION_LEVELS = (('encoder', 'layer_cfg', 'self_attn_cfg'),
                     ('decoder', 'layer_cfg', 'cross_attn_cfg'))
+# DetDataPreprocessor fields (paths) padding batches to a multiple.
+PAD_DIVISORS = (('pad_size_divisor',),)

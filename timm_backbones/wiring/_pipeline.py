@@ -8,6 +8,12 @@ Expand, branches (RandomChoice, RandomApply, TestTimeAug, AutoAugment), then the
 preprocessor's `pad_size_divisor` and `BatchFixedSizePad`. A transform that may change the size
 in a way not known here, or a pipeline whose size depends on the original images, is an error
 asking for `input_size=(H, W)`.
+
+Segmentors (mmseg) are read in mmseg's terms: `RandomCrop(crop_size=(h, w))`,
+`ResizeShortestEdge` / `RandomChoiceResize(resize_type='ResizeShortestEdge', max_size=...)`,
+`ResizeToMultiple`; `SegDataPreProcessor` pads training batches to `size` / `size_divisor` and
+test batches to its `test_cfg`'s; with `test_cfg=dict(mode='slide', crop_size=(h, w))` the model
+only sees crops of that size at test time.
 """
 import logging
 import math
@@ -16,6 +22,8 @@ from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 from .._configs import AUTO, is_auto, is_int, set_logged, timm_model_name, to_plain, type_name
 from .._plan import BackbonePlan, plan_from_config
 from .._specs import round_up
+from ._heads import PAD_DIVISORS
+from ._seg_heads import SEG_PAD_DIVISORS, SEG_PAD_SIZES, SEGMENTOR_KEY
 
 __all__ = ['largest_image', 'resolve_input_size', 'SIZE_PRESERVING']
 
@@ -32,6 +40,9 @@ SIZE_PRESERVING = frozenset((
     'GeomTransform', 'RandAugment', 'CutOut', 'RandomErasing', 'RandomShift', 'MixUp',
     'CachedMixUp', 'CopyPaste', 'Corrupt', 'InstaBoost', 'SegRescale', 'ImageToTensor',
     'ToTensor', 'Transpose', 'Normalize', 'RemoveDiffcultInstances', 'ProposalBroadcaster',
+    # mmseg's
+    'PackSegInputs', 'Rerange', 'CLAHE', 'RGB2Gray', 'AdjustGamma', 'RandomCutOut', 'GenerateEdge',
+    'LoadDepthAnnotation',
 ))
 _LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
@@ -75,9 +86,9 @@ def _bigger(a: Optional[Size], b: Optional[Size]) -> Optional[Size]:
     return max(a[0], b[0]), max(a[1], b[1])
 
 
-def _branches(bound: Optional[Size], branches: Any, where: str) -> Optional[Size]:
+def _branches(bound: Optional[Size], branches: Any, where: str, seg: bool) -> Optional[Size]:
     """The largest output over alternative transform lists."""
-    outs = [_walk(bound, list(b) if isinstance(b, (list, tuple)) else [b], where)
+    outs = [_walk(bound, list(b) if isinstance(b, (list, tuple)) else [b], where, seg)
             for b in branches]
     if not outs:
         return bound
@@ -87,11 +98,33 @@ def _branches(bound: Optional[Size], branches: Any, where: str) -> Optional[Size
     return result
 
 
-def _step(bound: Optional[Size], t: Mapping, where: str) -> Optional[Size]:
-    """The bound after one transform (None: the original image size, unknown)."""
+def _shortest_edge(t: Mapping, kind: str) -> Size:
+    """mmseg's ResizeShortestEdge: the long side is capped by `max_size` (else unknown)."""
+    side = t.get('max_size')
+    if not is_int(side):
+        raise _Unreadable(f'{kind} without max_size keeps the aspect ratio of the original '
+                          f'image, so its long side is not known')
+    return side, side
+
+
+def _step(bound: Optional[Size], t: Mapping, where: str, seg: bool) -> Optional[Size]:
+    """The bound after one transform (None: the original image size, unknown); `seg`: read
+    mmseg's transforms (RandomCrop's crop_size is (h, w) there, (w, h) in mmdet)."""
     kind = type_name(t)
     if kind in SIZE_PRESERVING:
         return bound
+    if kind == 'ResizeShortestEdge':
+        return _shortest_edge(t, kind)
+    if kind == 'RandomChoiceResize' and t.get('resize_type') == 'ResizeShortestEdge':
+        return _shortest_edge(t, f"{kind}(resize_type='ResizeShortestEdge')")
+    if kind == 'ResizeToMultiple':
+        d = int(t.get('size_divisor', 32))
+        h, w = _need(bound, kind)
+        return round_up(h, d), round_up(w, d)
+    if kind == 'RandomCrop' and seg:
+        size = to_plain(t['crop_size'])
+        cap = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        return cap if bound is None else (min(bound[0], cap[0]), min(bound[1], cap[1]))
     if kind == 'Resize':
         if t.get('scale') is not None:
             return _resized(_pairs(t['scale']), t.get('keep_ratio', False))
@@ -147,24 +180,25 @@ def _step(bound: Optional[Size], t: Mapping, where: str) -> Optional[Size]:
         h, w = _need(bound, kind)
         return math.ceil(h * ratio), math.ceil(w * ratio)
     if kind in ('RandomChoice', 'AutoAugment'):
-        return _branches(bound, t.get('transforms') or t.get('policies') or [], where)
+        return _branches(bound, t.get('transforms') or t.get('policies') or [], where, seg)
     if kind == 'RandomApply':
-        return _bigger(bound, _walk(bound, list(t.get('transforms', [])), where)) \
-            if bound is not None else _walk(bound, list(t.get('transforms', [])), where)
+        inner = _walk(bound, list(t.get('transforms', [])), where, seg)
+        return _bigger(bound, inner) if bound is not None else inner
     if kind == 'TestTimeAug':
         for stage in t.get('transforms', []):
-            bound = _branches(bound, [[s] for s in stage], where)
+            bound = _branches(bound, [[s] for s in stage], where, seg)
         return bound
     if kind == 'MultiBranch':
         branches = [v for k, v in t.items() if k not in ('type', 'branch_field')]
-        return _branches(bound, branches, where)
+        return _branches(bound, branches, where, seg)
     raise _Unreadable(f'transform {kind!r} may change the image size in a way not known here')
 
 
-def _walk(bound: Optional[Size], transforms: Sequence[Any], where: str) -> Optional[Size]:
+def _walk(bound: Optional[Size], transforms: Sequence[Any], where: str,
+          seg: bool = False) -> Optional[Size]:
     for i, t in enumerate(transforms):
         if isinstance(t, Mapping):
-            bound = _step(bound, t, f'{where}[{i}]')
+            bound = _step(bound, t, f'{where}[{i}]', seg)
     return bound
 
 
@@ -196,14 +230,76 @@ def _pipelines(cfg: Mapping) -> Iterator[Tuple[str, list]]:
             yield f'custom_hooks[{i}].switch_pipeline', list(hook['switch_pipeline'])
 
 
-def largest_image(cfg: Mapping, preprocessor: Optional[Mapping] = None) -> Size:
+def _read(where: str, steps: list, seg: bool) -> Size:
+    try:
+        return _need(_walk(None, steps, where, seg), f'the output of {where}')
+    except _Unreadable as err:
+        raise _Unreadable(f'{where}: {err}') from None
+
+
+def _get_path(cfg: Any, keys: Sequence[str]) -> Any:
+    for key in keys:
+        if not isinstance(cfg, Mapping):
+            return None
+        cfg = cfg.get(key)
+    return cfg
+
+
+def _hw(value: Any, what: str) -> Size:
+    value = to_plain(value)
+    if is_int(value):
+        return value, value
+    if isinstance(value, tuple) and len(value) == 2 and all(is_int(v) for v in value):
+        return value[0], value[1]
+    raise _Unreadable(f'{what}={value!r} is not an int or an (h, w) pair')
+
+
+def _padded(bound: Size, pre: Mapping, keys: Sequence[Sequence[str]], what: str) -> Size:
+    """`bound` after padding to the fixed sizes and multiples the preprocessor fields at `keys`
+    name (0 or 1 of each)."""
+    size_keys, divisor_keys = keys
+    size = _get_path(pre, size_keys)
+    if size is not None:
+        h, w = _hw(size, f"{what}.{'.'.join(size_keys)}")
+        bound = (max(bound[0], h), max(bound[1], w))
+    divisor = _get_path(pre, divisor_keys)
+    if is_int(divisor) and divisor > 1:
+        bound = (round_up(bound[0], divisor), round_up(bound[1], divisor))
+    return bound
+
+
+def _largest_seg_image(found: List[Tuple[str, list]], pre: Mapping, segmentor: Mapping) -> Size:
+    """mmseg: training batches padded to the preprocessor's `size` / `size_divisor`; test batches
+    to its `test_cfg`'s; in slide inference the model sees crops of `test_cfg.crop_size`."""
+    test = segmentor.get('test_cfg') if isinstance(segmentor.get('test_cfg'), Mapping) else {}
+    slide = _hw(test['crop_size'], 'model.test_cfg.crop_size') \
+        if test.get('mode') == 'slide' and test.get('crop_size') is not None else None
+    bound: Size = (0, 0)
+    for where, steps in found:
+        training = not where.startswith(('val_dataloader', 'test_dataloader'))
+        if training:
+            out = _padded(_read(where, steps, seg=True), pre, (SEG_PAD_SIZES[0],
+                                                                SEG_PAD_DIVISORS[0]), where)
+        elif slide is not None:
+            out = slide  # each crop is at most crop_size, whatever the padded image
+        else:
+            out = _padded(_read(where, steps, seg=True), pre, (SEG_PAD_SIZES[1],
+                                                                SEG_PAD_DIVISORS[1]), where)
+        bound = (max(bound[0], out[0]), max(bound[1], out[1]))
+    return bound
+
+
+def largest_image(cfg: Mapping, preprocessor: Optional[Mapping] = None,
+                  segmentor: Optional[Mapping] = None) -> Size:
     """The largest (height, width) a config's train/val/test pipelines can feed the model, after
     the data preprocessor's batch padding.
 
     Args:
         cfg: The whole config (with `train_dataloader`, ...).
         preprocessor: The detector's `data_preprocessor` config (pad_size_divisor,
-            batch_augments).
+            batch_augments; a segmentor's: size, size_divisor, test_cfg).
+        segmentor: The model config when it is an mmseg segmentor: its pipelines are read in
+            mmseg's terms, and its `test_cfg` may crop (slide inference).
 
     Raises:
         ValueError: No pipeline, or one whose output size cannot be read (the message names the
@@ -217,15 +313,13 @@ def largest_image(cfg: Mapping, preprocessor: Optional[Mapping] = None) -> Size:
     found = list(_pipelines(cfg))
     if not found:
         raise _Unreadable('the config has no train/val/test dataloader pipelines')
+    pre = preprocessor if isinstance(preprocessor, Mapping) else {}
+    if segmentor is not None:
+        return _largest_seg_image(found, pre, segmentor)
     bound: Optional[Size] = (0, 0)
     for where, steps in found:
-        try:
-            out = _need(_walk(None, steps, where), f'the output of {where}')
-        except _Unreadable as err:
-            raise _Unreadable(f'{where}: {err}') from None
-        bound = _bigger(bound, out)
+        bound = _bigger(bound, _read(where, steps, seg=False))
     assert bound is not None
-    pre = preprocessor if isinstance(preprocessor, Mapping) else {}
     for aug in pre.get('batch_augments') or []:
         if type_name(aug) == 'BatchFixedSizePad':
             h, w = _pairs(aug['size'])[0]  # BatchFixedSizePad's size is (h, w)
@@ -271,8 +365,9 @@ def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> Optional[Backbo
         return plan  # a model config alone: the user chose timm's size by leaving input_size out
     name = timm_model_name(backbone)
     pre = det.get('data_preprocessor')
+    segmentor = det if SEGMENTOR_KEY in det else None
     try:
-        h, w = largest_image(cfg, pre)
+        h, w = largest_image(cfg, pre, segmentor)
     except _Unreadable as err:
         raise ValueError(
             f"{where}.input_size{'=' + repr(AUTO) if given else ' (missing)'}: {name!r} only "
@@ -281,9 +376,10 @@ def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> Optional[Backbo
             f'{err}. Write input_size=(H, W) for your largest padded input (mmdet\'s own tools '
             f'build the model config alone, without the pipelines: there too).') from None
     step = max(s.stride for s in plan.levels)
-    divisor = pre.get('pad_size_divisor') if isinstance(pre, Mapping) else None
-    if is_int(divisor) and divisor > 1:
-        step = math.lcm(step, divisor)
+    for keys in (SEG_PAD_DIVISORS if segmentor is not None else PAD_DIVISORS):
+        divisor = _get_path(pre, keys)
+        if is_int(divisor) and divisor > 1:
+            step = math.lcm(step, divisor)
     # and the margin its maps need (unpadded convolutions, as measured at its default size)
     size = (round_up(h, step) + plan.margin, round_up(w, step) + plan.margin)
     errors = []

@@ -1,16 +1,18 @@
-"""`resolve_config`: fills the `'auto'` channel and stride fields of detector configs from the timm
-backbone that feeds them, and rejects explicit values that disagree with it.
+"""`resolve_config`: fills the `'auto'` channel and stride fields of detector and segmentor
+configs from the timm backbone that feeds them, and rejects explicit values that disagree with it.
 
 The backbone is planned once per detector (`BackbonePlan`: meta-device builds, no weights) and
 the plan is handed to every rule; each neck in the chain maps its levels to its outputs through
 the table in `_necks.py`; heads, RoI extractors and DETR-style attention then read the levels
-they are fed. Detectors this function produced are recognised and not resolved again (mmdet's
+they are fed; so do the decode and auxiliary heads of segmentors (`_seg_heads.py`; their
+classes are looked up in mmseg's registry). Detectors this function produced are recognised and not resolved again (mmdet's
 registry resolves what it builds, see `engine/_api.py`, so a runner or `init_detector` that
 resolved the whole config first pays once). A value written out that does not match
 (typically inherited from a `_base_` config written for ResNet) fails here, naming the field, the
 given and the correct value, and the fix (`'auto'`), never as a shape error at the first forward.
 """
 import copy
+import importlib
 import inspect
 import math
 from dataclasses import dataclass, replace
@@ -26,14 +28,19 @@ from .._plan import BackbonePlan
 from .._pyramid import skip_unread
 from .._specs import FeatureSpec, SpecTuple, format_specs, round_up
 from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
-                     NECK_FIELDS, ROI_EXTRACTORS)
+                     NECK_FIELDS, PAD_DIVISORS, ROI_EXTRACTORS)
 from ._necks import NECKS, neck_configs, supported_necks
+from ._seg_heads import (AUXILIARY_HEAD, AUXILIARY_STRIDE, DECODE_HEAD_BASE, FIRST_FINEST,
+                         FIRST_LEVEL_CHANNELS, IGNORED_STRIDES, MULTI_LEVEL_HEADS,
+                         SEG_HEAD_STRIDES, SEG_HEADS, SEG_PAD_DIVISORS, SEG_PAD_SIZE, SEG_SCOPE,
+                         SEGMENTOR_KEY, SEGMENTOR_PRETRAINED)
 from ._pipeline import resolve_input_size
 from ._preprocess import resolve_normalization
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
 _MISSING = object()
+_DET_SCOPE = 'mmdet'
 _RESOLVED = Memo('resolved detectors', 256)  # reprs of detector configs resolve_config produced
 
 _CfgT = TypeVar('_CfgT', Config, dict)
@@ -151,6 +158,8 @@ def _mismatch(where: str, key: str, given: Any, expected: Any, feed: _Feed,
 
 def _resolve_detector(det: Mapping, path: str, plan: Optional[BackbonePlan]) -> None:
     backbone = det['backbone']
+    segmentor = SEGMENTOR_KEY in det
+    scope = SEG_SCOPE if segmentor else _DET_SCOPE
     if plan is None:
         kind = type_name(backbone)
         feed = _Feed(None, f'{path}.backbone', why=(
@@ -164,16 +173,40 @@ def _resolve_detector(det: Mapping, path: str, plan: Optional[BackbonePlan]) -> 
         feed = _Feed(plan.specs,
                      f"the timm backbone {plan.model_name!r}{f' ({options})' if options else ''}"
                      f' at {path}.backbone', listing=format_specs(plan.specs))
+        if segmentor:
+            _check_segmentor_pretrained(det, path)
     for where, neck in neck_configs(det, path):
-        feed = _resolve_neck(neck, feed, where)
-    if plan is not None:
-        _resolve_pad_divisor(det, plan, path, feed)
+        feed = _resolve_neck(neck, feed, where, scope)
+    if plan is not None:  # after the necks: what they need of the input sides counts too
+        if segmentor:
+            _resolve_pad_divisor(det, plan, path, feed, SEG_PAD_DIVISORS, SEG_PAD_SIZE)
+        else:
+            _resolve_pad_divisor(det, plan, path, feed, PAD_DIVISORS)
+    if segmentor:
+        _resolve_seg_heads(det, feed, path)
+        return
     for key in DENSE_HEADS:
         if isinstance(det.get(key), Mapping):
             _resolve_head(det[key], feed, f'{path}.{key}')
     if isinstance(det.get('roi_head'), Mapping):
         _resolve_roi_head(det['roi_head'], feed, f'{path}.roi_head')
     _resolve_attention_levels(det, feed, path)
+
+
+def _check_segmentor_pretrained(det: Mapping, path: str) -> None:
+    """mmseg's EncoderDecoder copies its own `pretrained` into the backbone config (and asserts
+    the backbone has none): with a timm backbone, the value (mmseg's ResNet bases inherit
+    'open-mmlab://resnet50_v1c') would replace the backbone's own `pretrained`."""
+    given = det.get(SEGMENTOR_PRETRAINED)
+    if given is None:
+        return
+    raise ValueError(
+        f'{path}.{SEGMENTOR_PRETRAINED}={given!r}: mmseg hands a segmentor\'s pretrained to its '
+        f'backbone, but the timm backbone at {path}.backbone takes its weights from its own '
+        f'pretrained option (True: timm\'s hub weights of the model_name tag; a path: a timm '
+        f'weight file). Fix: set {path}.{SEGMENTOR_PRETRAINED}=None (with config inheritance, '
+        f'write {SEGMENTOR_PRETRAINED}=None in model=dict(...): mmseg\'s ResNet base configs set '
+        f"it) and choose the weights with backbone.pretrained.")
 
 
 def _skip_unread_pyramid_levels(det: Mapping, path: str, plan: BackbonePlan) -> BackbonePlan:
@@ -199,48 +232,74 @@ def _skip_unread_pyramid_levels(det: Mapping, path: str, plan: BackbonePlan) -> 
     return replace(plan, pyramid_strides=tuple(strides))
 
 
-def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str, feed: _Feed) -> None:
-    """`data_preprocessor.pad_size_divisor`: 'auto' -> the plan's `pad_size_divisor`, made a
-    multiple of what the necks need (`feed.align`: necks that upsample by a fixed factor and
-    concatenate need sides that are multiples of their deepest input stride); an explicit value
-    must be a multiple of both. A fixed-size model must take the padded inputs: the divisor
-    must divide the largest input it takes."""
+def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str, feed: _Feed,
+                         fields: Sequence[Sequence[str]], size_key: Optional[str] = None) -> None:
+    """The data preprocessor's padding multiples (`fields`: detectors' `pad_size_divisor`,
+    segmentors' `size_divisor` and `test_cfg.size_divisor`): 'auto' -> the plan's
+    `pad_size_divisor`, made a multiple of what the necks need (`feed.align`: necks that
+    upsample by a fixed factor and concatenate need sides that are multiples of their deepest
+    input stride); an explicit value must be a multiple of both. A fixed-size model must take
+    the padded inputs: the divisor must divide the largest input it takes. `size_key`: a fixed
+    padding size beside a divisor (SegDataPreProcessor pads to one or the other): where it is
+    set, 'auto' is None."""
     pre = det.get('data_preprocessor')
-    if not isinstance(pre, Mapping) or 'pad_size_divisor' not in pre:
-        return
     need = math.lcm(plan.pad_divisor, feed.align)
     auto = math.lcm(plan.pad_size_divisor, feed.align)
-    value = pre['pad_size_divisor']
-    where = f'{path}.data_preprocessor'
+    for keys in fields:
+        holder, key = _get_path(pre, keys[:-1]), keys[-1]
+        if not isinstance(holder, Mapping) or key not in holder:
+            continue
+        value = holder[key]
+        where = '.'.join([f'{path}.data_preprocessor', *keys[:-1]])
+        size = holder.get(size_key) if size_key else None
+        if size is not None and is_auto(value):
+            set_logged(holder, key, None, where, f'{size_key}={to_list(size)!r} is set: batches '
+                       f'are padded to it')
+            continue
+        if size is not None and value is not None:
+            raise ValueError(
+                f'{where}.{key}={value!r} and {where}.{size_key}={to_list(size)!r}: mmseg pads '
+                f'batches to a fixed size or to a multiple, not both. Fix: {key}=None (or '
+                f"'auto'), or remove {size_key}.")
+        if value is None and size_key is not None:
+            continue  # SegDataPreProcessor's default: no padding to a multiple
+        _check_fixed_size_fits(plan, path, feed, auto, f'{where}.{key}')
+        if is_auto(value):
+            set_logged(holder, key, auto, where)
+        elif not is_int(value):
+            raise TypeError(f"{where}.{key} must be an int or 'auto', got {value!r} "
+                            f"({type(value).__name__}). Fix: {key}='auto' (gives {auto}).")
+        elif value < 1 or value % need:
+            why = [f'the timm backbone at {path}.backbone needs input sides that are multiples '
+                   f'of {plan.pad_divisor} (window attention, patch size)'] \
+                if value % plan.pad_divisor else []
+            why += [f'{feed.aligned_by}, so input sides must be multiples of {feed.align}'] \
+                if value % feed.align else []
+            raise ValueError(
+                f'{where}.{key}={value!r}: {"; ".join(why)}. Fix: '
+                f"{key}='auto' (gives {auto}) or a multiple of {need}.")
+
+
+def _check_fixed_size_fits(plan: BackbonePlan, path: str, feed: _Feed, auto: int,
+                           where: str) -> None:
+    """A fixed-size model behind necks that need aligned sides must take every input padded to
+    `auto`: the largest input it takes must be a multiple of it."""
     top = plan.max_input
-    if top is not None and feed.align > 1 and any(side % auto for side in top):
-        fits = round_up(max(top), auto) + plan.margin
-        raise ValueError(
-            f'{where}.pad_size_divisor: {feed.aligned_by}, so input sides must be multiples of '
-            f'{feed.align}; {plan.model_name!r} at {path}.backbone only runs at '
-            f'{plan.fixed_size[0]}x{plan.fixed_size[1]} and takes inputs up to {top[0]}x'
-            f'{top[1]}, which {auto} does not divide, so padded batches could outgrow it. Fix: '
-            f'build the backbone for a size whose sides are multiples of {auto}'
-            f"{f' (plus its margin of {plan.margin} px)' if plan.margin else ''}, e.g. "
-            f'input_size=({fits}, {fits}), or choose levels (out_indices) with a smaller '
-            f'deepest stride.')
-    if is_auto(value):
-        set_logged(pre, 'pad_size_divisor', auto, where)
-    elif not is_int(value):
-        raise TypeError(f"{where}.pad_size_divisor must be an int or 'auto', got {value!r} "
-                        f"({type(value).__name__}). Fix: pad_size_divisor='auto' (gives {auto}).")
-    elif value < 1 or value % need:
-        why = [f'the timm backbone at {path}.backbone needs input sides that are multiples of '
-               f'{plan.pad_divisor} (window attention, patch size)'] \
-            if value % plan.pad_divisor else []
-        why += [f'{feed.aligned_by}, so input sides must be multiples of {feed.align}'] \
-            if value % feed.align else []
-        raise ValueError(
-            f'{where}.pad_size_divisor={value!r}: {"; ".join(why)}. Fix: '
-            f"pad_size_divisor='auto' (gives {auto}) or a multiple of {need}.")
+    if top is None or feed.align <= 1 or not any(side % auto for side in top):
+        return
+    fits = round_up(max(top), auto) + plan.margin
+    raise ValueError(
+        f'{where}: {feed.aligned_by}, so input sides must be multiples of '
+        f'{feed.align}; {plan.model_name!r} at {path}.backbone only runs at '
+        f'{plan.fixed_size[0]}x{plan.fixed_size[1]} and takes inputs up to {top[0]}x'
+        f'{top[1]}, which {auto} does not divide, so padded batches could outgrow it. Fix: '
+        f'build the backbone for a size whose sides are multiples of {auto}'
+        f"{f' (plus its margin of {plan.margin} px)' if plan.margin else ''}, e.g. "
+        f'input_size=({fits}, {fits}), or choose levels (out_indices) with a smaller '
+        f'deepest stride.')
 
 
-def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
+def _resolve_neck(cfg: Mapping, feed: _Feed, where: str, scope: str = _DET_SCOPE) -> _Feed:
     kind = type_name(cfg)
     rule = NECKS.get(kind)
     autos = [k for k in NECK_FIELDS if is_auto(cfg.get(k))]
@@ -270,7 +329,7 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
         raise ValueError(f"{where}.{left[0]}='auto': {kind} chooses {left[0]} itself (it does "
                          f'not follow from the backbone); write a value.')
     outputs = rule.outputs(cfg, feed.levels, where)
-    _check_builds(cfg, feed, where)
+    _check_builds(cfg, feed, where, scope)
     align, aligned_by = feed.align, feed.aligned_by
     multiple = rule.align(cfg, feed.levels, where) if rule.align is not None else 1
     if align % multiple:
@@ -281,12 +340,12 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str) -> _Feed:
                  aligned_by=aligned_by)
 
 
-def _check_builds(cfg: Mapping, feed: _Feed, where: str) -> None:
+def _check_builds(cfg: Mapping, feed: _Feed, where: str, scope: str) -> None:
     """The neck, as filled, builds (on the meta device: no memory): a neck whose layers cannot
     take the levels it is fed (e.g. GroupNorm groups that do not divide a width the neck derives
     from its input channels) fails here, naming the neck and the levels, not when the detector
     is built."""
-    cls = _model_class(cfg)
+    cls = _model_class(cfg, scope)
     if cls is None:
         return  # an unknown type: the registry says so when the detector is built
     try:
@@ -304,24 +363,26 @@ def _check_builds(cfg: Mapping, feed: _Feed, where: str) -> None:
             f'backbone whose channels suit it.\n{feed.source}:\n{feed.listing}') from err
 
 
-def _model_class(cfg: Mapping) -> Optional[type]:
-    """The class a config builds, looked up in mmdet's registry (None if unknown)."""
+def _model_class(cfg: Mapping, scope: str = _DET_SCOPE) -> Optional[type]:
+    """The class a config builds, looked up in the models registry of `scope` ('mmdet',
+    'mmseg'; None if unknown or the package is not installed)."""
     kind = cfg.get('type')
     if isinstance(kind, type):
         return kind
     if not isinstance(kind, str):
         return None
-    from mmdet.registry import MODELS
-    try:
-        found = MODELS.get(kind)
-    except KeyError:
+    try:  # imported here: `import timm_backbones` never imports mmseg
+        models = importlib.import_module(f'{scope}.registry').MODELS
+        found = models.get(kind)
+    except (ImportError, KeyError):
         return None
     return found if isinstance(found, type) else None
 
 
-def _class_names(cfg: Mapping) -> Tuple[Optional[type], Tuple[str, ...]]:
+def _class_names(cfg: Mapping, scope: str = _DET_SCOPE
+                 ) -> Tuple[Optional[type], Tuple[str, ...]]:
     """The config's class and the names of it and its bases (just the type name if unknown)."""
-    cls = _model_class(cfg)
+    cls = _model_class(cfg, scope)
     if cls is None:
         return None, (type_name(cfg) or '',)
     return cls, tuple(c.__name__ for c in cls.__mro__)
@@ -341,8 +402,8 @@ def _takes(cls: Optional[type], arg: str) -> bool:
     return False
 
 
-def _resolve_head(head: Mapping, feed: _Feed, where: str) -> None:
-    cls, names = _class_names(head)
+def _resolve_head(head: Mapping, feed: _Feed, where: str, scope: str = _DET_SCOPE) -> None:
+    cls, names = _class_names(head, scope)
     if 'in_channels' in head:
         _head_in_channels(head, feed, where, per_level=bool(set(names) & set(LIST_IN_CHANNELS)))
     for base, key in HEAD_STRIDES:
@@ -352,7 +413,7 @@ def _resolve_head(head: Mapping, feed: _Feed, where: str) -> None:
         _stride_field(gen, 'strides', feed, gen_where, fill_missing=True)
     decoder = head.get('pixel_decoder')
     if isinstance(decoder, Mapping):
-        _resolve_pixel_decoder(decoder, feed, f'{where}.pixel_decoder')
+        _resolve_pixel_decoder(decoder, feed, f'{where}.pixel_decoder', scope)
 
 
 def _head_in_channels(head: Mapping, feed: _Feed, where: str, per_level: bool) -> None:
@@ -452,9 +513,9 @@ def _first_extra(levels: Sequence[FeatureSpec]) -> int:
     return len(levels)
 
 
-def _resolve_pixel_decoder(decoder: Mapping, feed: _Feed, where: str) -> None:
+def _resolve_pixel_decoder(decoder: Mapping, feed: _Feed, where: str, scope: str) -> None:
     """MSDeformAttnPixelDecoder (Mask2Former) reads strides; its encoder uses the last levels."""
-    cls, _ = _class_names(decoder)
+    cls, _ = _class_names(decoder, scope)
     if 'strides' in decoder or _takes(cls, 'strides'):
         _stride_field(decoder, 'strides', feed, where, fill_missing=_takes(cls, 'strides'))
     num_levels = _get_path(decoder, ('encoder', 'layer_cfg', 'self_attn_cfg', 'num_levels'))
@@ -532,3 +593,124 @@ def _resolve_attention_levels(det: Mapping, feed: _Feed, path: str) -> None:
         elif given != len(feed.levels):
             raise _mismatch(where, key, given, len(feed.levels), feed,
                             what='does not match the number of levels fed to the transformer')
+
+
+# ---- segmentors (mmseg) -------------------------------------------------------------------------
+def _resolve_seg_heads(det: Mapping, feed: _Feed, path: str) -> None:
+    """The decode and auxiliary heads of a segmentor (each a dict or a list of them), all fed the
+    neck's outputs (the backbone's without a neck)."""
+    for key in SEG_HEADS:
+        heads = det.get(key)
+        listed = isinstance(heads, (list, tuple))
+        for i, head in enumerate(heads if listed else [heads]):
+            if isinstance(head, Mapping):
+                _resolve_decode_head(head, feed, f'{path}.{key}[{i}]' if listed else
+                                     f'{path}.{key}', auxiliary=key == AUXILIARY_HEAD)
+
+
+def _resolve_decode_head(head: Mapping, feed: _Feed, where: str, auxiliary: bool) -> None:
+    cls, names = _class_names(head, SEG_SCOPE)
+    if DECODE_HEAD_BASE not in names:
+        if cls is not None and set(names) & set(LIST_IN_CHANNELS):  # mmdet's MaskFormer heads
+            _resolve_head(head, feed, where, SEG_SCOPE)
+            for base, key in IGNORED_STRIDES:
+                if base in names:
+                    _stride_field(head, key, feed, where, fill_missing=False)
+            return
+        autos = [k for k, v in head.items() if is_auto(v)]
+        if autos:
+            known = 'is not an mmseg decode head' if cls is not None else \
+                "is not in mmseg's registry (a typo, or a module custom_imports must import)"
+            raise ValueError(f"{where}.{autos[0]}='auto': {type_name(head)!r} {known}, so "
+                             f'resolve_config cannot tell which levels it reads. Write '
+                             f'{autos[0]} explicitly.')
+        return
+    levels = feed.levels
+    if levels is None:
+        for key in ('in_index', 'in_channels', *(k for _, k in SEG_HEAD_STRIDES),
+                    *(k for _, k in FIRST_LEVEL_CHANNELS)):
+            if is_auto(head.get(key)):
+                raise _cannot_fill(where, key, feed)
+        return
+    multi = head.get('input_transform', 'multiple_select' if set(names) & set(MULTI_LEVEL_HEADS)
+                     else None) is not None
+    index = _in_index(head, feed, where, multi, auxiliary)
+    read = [levels[i] for i in index]
+    chosen = _Feed(tuple(read), f"{feed.source}, the level(s) {list(index)} its in_index reads",
+                   listing=format_specs(read))
+    channels = [lv.channels for lv in read]
+    _fill_or_check(head, 'in_channels', channels if multi else channels[0], chosen, where)
+    for base, key in SEG_HEAD_STRIDES:
+        if base in names:
+            _stride_field(head, key, chosen, where, fill_missing=True)
+    if set(names) & set(FIRST_FINEST):
+        strides = [lv.stride for lv in read]
+        if None not in strides and min(strides) != strides[0]:
+            raise ValueError(
+                f'{where} ({type_name(head)}) upsamples every level it reads to the size of the '
+                f'first, which must be the finest; in_index={to_list(head["in_index"])} reads '
+                f"strides {strides}. List the finest level first (in_index='auto' reads every "
+                f'level in order).\n{feed.source}:\n{feed.listing}')
+    for base, key in FIRST_LEVEL_CHANNELS:
+        if base in names and key in head and head[key] != 0:  # 0: the branch is off
+            _fill_or_check(head, key, levels[0].channels, feed, where)
+
+
+def _fill_or_check(cfg: Mapping, key: str, expected: Any, feed: _Feed, where: str) -> None:
+    """A field that follows from the levels: filled when 'auto' or missing, else compared."""
+    given = cfg.get(key, _MISSING)
+    if given is _MISSING or is_auto(given):
+        set_logged(cfg, key, expected, where)
+    elif to_plain(given) != to_plain(expected):
+        raise _mismatch(where, key, given, expected, feed)
+
+
+def _in_index(head: Mapping, feed: _Feed, where: str, multi: bool,
+              auxiliary: bool) -> Tuple[int, ...]:
+    """The absolute levels a decode head reads, filling `in_index` when 'auto' (several-level
+    heads: all levels, in order; a main single-level head: the deepest; an auxiliary head: the
+    level nearest stride 16) or, for several-level heads, missing (mmseg's default -1 is a
+    single level); an explicit value is checked against the levels."""
+    levels = feed.levels
+    assert levels is not None
+    n = len(levels)
+    given = head.get('in_index', _MISSING)
+    if is_auto(given) or (given is _MISSING and multi):
+        value: Any = list(range(n)) if multi else \
+            (_nearest_stride(levels, AUXILIARY_STRIDE) if auxiliary else n - 1)
+        set_logged(head, 'in_index', value, where)
+        return tuple(value) if multi else (value,)
+    given = -1 if given is _MISSING else to_plain(given)  # BaseDecodeHead's default
+    kind = 'a list of level indices' if multi else 'one level index (an int)'
+    valid = isinstance(given, tuple) and all(is_int(i) for i in given) if multi else \
+        is_int(given)
+    if not valid:
+        raise ValueError(
+            f"{where}.in_index={to_list(given)!r}: {type_name(head)} reads {kind} "
+            f"(input_transform={head.get('input_transform', 'multiple_select' if multi else None)!r})"
+            f". Fix: in_index='auto'.\n{feed.source}:\n{feed.listing}")
+    indices = given if multi else (given,)
+    bad = [i for i in indices if not -n <= i < n]
+    if bad:
+        raise ValueError(
+            f'{where}.in_index={to_list(given)!r} names level(s) {bad}, but {n} levels are fed '
+            f"to it (indices {-n}..{n - 1}). Fix: in_index='auto' "
+            f"({'every level' if multi else 'auxiliary: the level nearest stride 16' if auxiliary else 'the deepest level'}), "
+            f'or indices of these levels. An in_index inherited from a _base_ config is '
+            f"often written for ResNet's four levels.\n{feed.source}:\n{feed.listing}")
+    return tuple(i % n for i in indices)
+
+
+def _nearest_stride(levels: Sequence[FeatureSpec], target: int) -> int:
+    """The index of the level whose stride is nearest `target` (log scale); among equals, the
+    last that is not the deepest level (mmseg's dilated ResNets: layer3 of strides 4, 8, 8, 8);
+    between a finer and a coarser level as near, the finer."""
+    known = [(i, lv.stride) for i, lv in enumerate(levels) if lv.stride is not None]
+    if not known:
+        return len(levels) - 1
+    best = min(abs(math.log2(s / target)) for _, s in known)
+    near = [(i, s) for i, s in known if abs(math.log2(s / target)) == best]
+    finest = min(s for _, s in near)
+    candidates = [i for i, s in near if s == finest]
+    inner = [i for i in candidates if i != len(levels) - 1]
+    return (inner or candidates)[-1]
