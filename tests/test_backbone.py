@@ -19,10 +19,51 @@ def _check_outputs(backbone, outs, size):
     assert isinstance(outs, tuple) and len(outs) == len(backbone.feature_specs)
     for out, spec in zip(outs, backbone.feature_specs):
         assert out.dim() == 4 and out.shape[1] == spec.channels, (out.shape, spec)
-        for got, full in zip(out.shape[2:], size):
-            # timm's own tests allow +-1 per side (unpadded convs, pooling rounding)
-            assert abs(got - math.ceil(full / spec.stride)) <= 1, (out.shape, spec, size)
+        # exactly ceil(input / stride): timm's maps are padded and cropped to it
+        assert list(out.shape[2:]) == [math.ceil(s / spec.stride) for s in size], \
+            (out.shape, spec, size)
         assert out.is_contiguous() or out.permute(0, 2, 3, 1).is_contiguous()
+
+
+# models whose timm maps miss ceil(input / stride), one per way, with their plan's
+# (pad_divisor, exact_divisor, margin): convnext's 4x4 patch stem gives floor(input / 4) at odd
+# sizes (exact at multiples of 32); mobilevitv2 resizes odd maps inside its blocks (one pixel
+# too many; exact at multiples of 64); inception's unpadded convolutions leave its maps up to 2
+# pixels short at stride 32 at every size (64 px more padding covers them)
+OFF_NOMINAL = {'convnext_atto': (1, 32, 0), 'mobilevitv2_050': (1, 64, 0),
+               'inception_v3': (1, 32, 64)}
+
+
+@pytest.mark.parametrize('name', list(OFF_NOMINAL))
+def test_maps_are_exactly_ceil_input_over_stride(name):
+    # rule: at any input size (odd sides too), every map is exactly ceil(input / stride), what
+    # necks that upsample by 2 and concatenate need; the plan says how inputs are padded for it
+    # (zeros at the bottom/right), and the maps are timm's maps of the padded image, cropped
+    backbone = TimmBackbone(name).eval()
+    plan = backbone.plan
+    assert (plan.pad_divisor, plan.exact_divisor, plan.margin) == OFF_NOMINAL[name]
+    for size in ((97, 131), (201, 263)):
+        x = torch.rand(1, 3, *size)
+        run = plan.run_size(size)
+        assert run[0] % plan.exact_divisor == 0 and run[0] >= size[0] + plan.margin
+        with torch.no_grad():
+            outs = backbone(x)
+            raw = backbone.model(torch.nn.functional.pad(x, (0, run[1] - size[1], 0,
+                                                             run[0] - size[0])))
+        _check_outputs(backbone, outs, size)
+        for out, full in zip(outs, raw):
+            assert torch.equal(out, full[..., :out.shape[-2], :out.shape[-1]])
+
+
+def test_fixed_size_model_with_short_maps():
+    # pit's unpadded patch embedding leaves its stride-8 map a pixel short: built for 320x416
+    # it takes inputs up to 312x408 (its maps cover them), larger ones fail with the reason
+    backbone = TimmBackbone('pit_ti_224', input_size=(320, 416)).eval()
+    assert backbone.plan.margin == 8 and backbone.plan.max_input == (312, 408)
+    with torch.no_grad():
+        _check_outputs(backbone, backbone(torch.rand(1, 3, 312, 408)), (312, 408))
+        with pytest.raises(ValueError, match=r'only runs at 320x416.*its maps cover 312x408'):
+            backbone(torch.rand(1, 3, 313, 408))
 
 
 @pytest.mark.parametrize('name', REPRESENTATIVE)
@@ -30,6 +71,7 @@ def test_outputs_match_specs_non_square(name):
     backbone = TimmBackbone(name).eval()
     with torch.no_grad():
         outs = backbone(torch.rand(1, 3, *NON_SQUARE))
+        _check_outputs(backbone, backbone(torch.rand(1, 3, 97, 131)), (97, 131))  # odd sides
     _check_outputs(backbone, outs, NON_SQUARE)
     # the specs computed without weights, from the config alone, are those of the real timm
     # model (its own feature_info at the returned levels) and of the real outputs

@@ -62,3 +62,14 @@ def test_family_model_is_the_printed_config(family, tmp_path):
     model = family_model(family, 'convnext_atto')
     assert printed['backbone'].pop('_delete_', None) in (True, None)
     assert Config(dict(model=printed)).model.to_dict() == Config(dict(model=model)).model.to_dict()
+
+
+def test_fixed_size_models_get_a_canvas_their_maps_and_necks_fit():
+    # a model that only runs at one size is built for the family's canvas rounded up to its
+    # deepest stride (levit's 64: RTMDet's 672 -> 704, so its neck's 2x upsampling meets every
+    # level), plus the margin its maps need (pit's stride-8 map is a pixel short: 8 px)
+    from timm_backbones.families import family_backbone
+    assert family_backbone('rtmdet', 'levit_128')['input_size'] == (704, 704)
+    assert family_backbone('retinanet', 'levit_128')['input_size'] == (1344, 1344)
+    assert family_backbone('retinanet', 'pit_ti_224')['input_size'] == (1352, 1352)
+    assert 'input_size' not in family_backbone('rtmdet', 'resnet18')

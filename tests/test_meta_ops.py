@@ -56,6 +56,26 @@ def _cases():
                                                                 None, 1e-6), {}
         yield 'softmax', aten._softmax.default, (x, -1, False), {}
         yield 'safe_softmax', aten._safe_softmax.default, (x, -1), {}
+        conv = aten.convolution.default
+        yield 'conv', conv, (x, _meta(4, c, 3, 3), _meta(4), [1, 1], [1, 1], [1, 1], False,
+                             [0, 0], 1), {}
+        yield 'conv strided dilated grouped', conv, (x, _meta(6, c // 2, 3, 2), None, [2, 1],
+                                                     [0, 2], [2, 1], False, [0, 0], 2), {}
+        yield 'conv cl weight', conv, (x, _meta(6, c, 1, 1, layout='cl'), None, [1, 1],
+                                       [0, 0], [1, 1], False, [0, 0], 1), {}
+        yield 'conv too small', conv, (x, _meta(4, c, 9, 9), None, [1, 1], [0, 0], [1, 1],
+                                       False, [0, 0], 1), {}
+        yield 'conv wrong channels', conv, (x, _meta(4, c + 1, 3, 3), None, [1, 1], [1, 1],
+                                            [1, 1], False, [0, 0], 1), {}
+        yield 'conv transposed', conv, (x, _meta(c, 4, 2, 2), None, [2, 2], [0, 0], [1, 1],
+                                        True, [0, 0], 1), {}
+        yield 'cat', aten.cat.default, ([x, x], 1), {}
+        yield 'cat negative dim', aten.cat.default, ([x, _meta(*x.shape[:3], 2)], -1), {}
+        yield 'cat with a contiguous one', aten.cat.default, ([x, _meta(2, 3, 5, 7)], 1), {}
+        yield 'cat mismatch', aten.cat.default, ([x, _meta(2, 3, 5, 8)], 1), {}
+        yield 'mul strided', aten.mul.Tensor, (x.transpose(1, 2), x.transpose(1, 2)), {}
+        yield 'add strided bcast', aten.add.Tensor, (x.transpose(2, 3), _meta(7, 1)), {}
+        yield 'roll', aten.roll.default, (x, [1, -2], [2, 3]), {}
     yield 'addmm', aten.addmm.default, (w, _meta(6, 4), _meta(4, 8)), {}
     yield 'addmm 2d bias', aten.addmm.default, (_meta(6, 8), _meta(6, 4), _meta(8, 4).t()), {}
     yield 'batch_norm wrong C', aten.native_batch_norm.default, \
@@ -66,6 +86,12 @@ def _cases():
     yield 'mul outer bcast', aten.mul.Tensor, (_meta(2, 1, 3), _meta(1, 4, 1)), {}
     yield 'mul 0-dim', aten.mul.Tensor, (_meta(2, 4, 3), torch.empty((), device='meta')), {}
     yield 'mean repeated dim', aten.mean.dim, (_meta(2, 3), [1, -1]), {}
+    yield 'conv 1d', aten.convolution.default, (_meta(2, 4, 9), _meta(3, 4, 3), None, [2], [1],
+                                                [1], False, [0], 1), {}
+    yield 'cat 1d', aten.cat.default, ([_meta(3), _meta(4)],), {}
+    yield 'cat legacy empty 1d', aten.cat.default, ([_meta(2, 3), _meta(0)], 0), {}
+    yield 'cat dtypes', aten.cat.default, ([_meta(2, 3), torch.empty(2, 3, device='meta',
+                                                                     dtype=torch.half)],), {}
 
 
 @pytest.mark.parametrize('name,op,args,kwargs', list(_cases()),
@@ -82,6 +108,57 @@ def test_fast_meta_gives_what_torch_gives(name, op, args, kwargs):
     with fast_meta():
         got = _meta_of(op(*args, **kwargs))
     assert got == expected
+
+
+def test_memoized_ops_give_what_torch_gives_every_time():
+    # rule: ops without a fast kernel are memoized by their argument signature (shapes,
+    # strides, dtypes, other arguments): the first call runs torch's kernel, later ones make
+    # the same output; in-place ops return their input; failures are never memoized
+    from timm_backbones._meta_ops import _LAYOUTS
+    x = _meta(2, 8, 5, 7).transpose(1, 3)  # dense, permuted: the output keeps its strides
+    expected = _meta_of(aten.mul.Tensor(x, x))
+    assert not torch.empty(expected[0]).stride() == expected[1]
+    _LAYOUTS.clear()
+    with fast_meta():
+        first = aten.mul.Tensor(x, x)
+        assert len(_LAYOUTS) == 1
+        again = aten.mul.Tensor(x, x)
+        assert _meta_of(first) == _meta_of(again) == expected and again is not first
+        y = _meta(2, 8, 5, 7)[:, :4]
+        assert aten.sigmoid_.default(y) is y and aten.sigmoid_.default(y) is y
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                aten.roll.default(x, [1, 2], [2])  # shifts and dims of different lengths
+
+
+@pytest.mark.parametrize('call', [lambda t: t.squeeze_(1), lambda t: t.unsqueeze_(0),
+                                  lambda t: t.resize_(5, 5), lambda t: t.transpose_(0, 2),
+                                  lambda t: t.as_strided_((3,), (2,), 1)],
+                         ids=['squeeze_', 'unsqueeze_', 'resize_', 'transpose_', 'as_strided_'])
+def test_memoized_inplace_ops_that_change_metadata_run_every_time(call):
+    # rule: an in-place op changing its input's shape, strides or offset is not memoized: the
+    # second call on a tensor like the first changes it the same way
+    from timm_backbones._meta_ops import _LAYOUTS
+    expected = call(_meta(2, 1, 3))
+    _LAYOUTS.clear()
+    with fast_meta():
+        for _ in range(2):
+            t = _meta(2, 1, 3)
+            assert call(t) is t
+            assert (t.shape, t.stride(), t.storage_offset()) == \
+                (expected.shape, expected.stride(), expected.storage_offset())
+
+
+def test_memoized_ops_follow_the_default_dtype():
+    # rule: the default dtype is part of the signature (integer true division makes it)
+    i = torch.ones(2, 3, dtype=torch.int64, device='meta')
+    with fast_meta():
+        try:
+            torch.set_default_dtype(torch.float64)
+            assert aten.div.Tensor(i, i).dtype == torch.float64
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert aten.div.Tensor(i, i).dtype == torch.float32
 
 
 @pytest.mark.parametrize('op', [aten.hardswish_.default, aten.clamp_.default, aten.normal_.default,

@@ -117,6 +117,18 @@ def test_unreadable_pipelines_ask_for_input_size():
         TimmBackbone('efficientformerv2_s0', input_size='auto')  # built directly
 
 
+def test_auto_size_covers_the_margin_of_short_maps():
+    # pit's stride-8 map falls a pixel short of input / 8: built for the largest image plus
+    # that margin, its maps cover every image of the pipeline
+    cfg = pipeline_cfg(dict(type='Resize', scale=(416, 320), keep_ratio=False))
+    cfg['model']['backbone'] = dict(type='TimmBackbone', model_name='pit_ti_224',
+                                    input_size='auto')
+    backbone_cfg = resolve_config(cfg)['model']['backbone']
+    assert list(backbone_cfg['input_size']) == [328, 424]
+    backbone = MODELS.build(backbone_cfg)
+    assert backbone.plan.max_input == (320, 416)
+
+
 # ---- segmentors (mmseg) --------------------------------------------------------------------------
 SEG_ROOT = os.path.join(ROOT, 'configs', 'seg')
 UPERNET = 'upernet_timm-convnext-tiny_4xb4-160k_ade20k-512x512.py'

@@ -86,3 +86,21 @@ def test_dynamic_size_models_keep_their_arguments():
     # arguments (the plan is the one trying them always gave: pad divisor 1, not the patch)
     plan = plan_backbone('vit_base_patch16_dinov3')
     assert plan.kwargs.get('dynamic_img_pad') is True and plan.pad_divisor == 1
+
+
+def test_meta_forwards_make_their_tensors_on_the_meta_device(monkeypatch):
+    # rule: trial forwards run with the meta device as the default, so tensors a model makes
+    # while it runs take no memory or time (ConViT rebuilds an N^2 x 3 index table in every
+    # block: 600 MB each at 1344x1344 if made on the CPU)
+    from timm.models.convit import GPSA
+    made = []
+    real = GPSA.get_rel_indices
+
+    def spy(self, num_patches):
+        made.append(torch.empty(()).device.type)  # where a tensor made here lands
+        return real(self, num_patches)
+
+    monkeypatch.setattr(GPSA, 'get_rel_indices', spy)
+    clear_caches()
+    plan = plan_backbone('convit_tiny', input_size=(448, 448))
+    assert plan.fixed_size == (448, 448) and made and set(made) == {'meta'}

@@ -367,3 +367,55 @@ def test_pad_size_divisor_auto_fits_a_fixed_size_model():
     from timm_backbones import feature_specs
     assert max(s.stride for s in feature_specs(model['backbone'])) == 64
     assert resolved['data_preprocessor']['pad_size_divisor'] == 32
+
+
+def _rtmdet_neck(backbone, divisor='auto'):
+    return dict(type='RTMDet',
+                data_preprocessor=dict(type='DetDataPreprocessor', pad_size_divisor=divisor),
+                backbone=backbone,
+                neck=dict(type='CSPNeXtPAFPN', in_channels='auto', out_channels=64,
+                          num_csp_blocks=1))
+
+
+def test_necks_that_merge_upsampled_levels_get_aligned_inputs():
+    # rule: CSPNeXtPAFPN upsamples a level by 2 and concatenates it with the one above, so
+    # image sides must be multiples of the deepest stride it is fed (a 2x-upsampled map of 8
+    # rows does not meet one of 15): 'auto' pads batches to that, an explicit smaller divisor
+    # fails naming the neck, and a fixed-size model whose size it does not divide is refused
+    # with the size to build it for
+    levit = dict(type='TimmBackbone', model_name='levit_128', input_size=(672, 672))
+    with pytest.raises(ValueError, match=r"model\.neck \(CSPNeXtPAFPN\) resamples levels by a "
+                                         r'fixed factor.*multiples of 64.*672x672.*which 64 '
+                                         r'does not divide.*input_size=\(704, 704\)'):
+        resolve_config(dict(model=_rtmdet_neck(levit)))
+    levit['input_size'] = (704, 704)
+    resolved = resolve_config(dict(model=_rtmdet_neck(levit)))['model']
+    assert resolved['data_preprocessor']['pad_size_divisor'] == 64
+    with pytest.raises(ValueError, match=r"pad_size_divisor=32: model\.neck \(CSPNeXtPAFPN\) "
+                                         r'resamples .*multiples of 64.*'
+                                         r"pad_size_divisor='auto' \(gives 64\)"):
+        resolve_config(dict(model=_rtmdet_neck(levit, divisor=32)))
+    # FPN resizes each level to the size of the one below: no such requirement (gcd, as before)
+    fpn = dict(_rtmdet_neck(dict(levit, input_size=(672, 672))),
+               neck=dict(type='FPN', in_channels='auto', out_channels=64, num_outs=3))
+    assert resolve_config(dict(model=fpn))['model']['data_preprocessor'][
+        'pad_size_divisor'] == 32
+    # unless it upsamples by a fixed factor
+    fpn['neck']['upsample_cfg'] = dict(mode='nearest', scale_factor=2)
+    with pytest.raises(ValueError, match=r'model\.neck \(FPN\) resamples.*multiples of 64'):
+        resolve_config(dict(model=fpn))
+
+
+def test_aligned_neck_on_an_any_size_backbone():
+    # an any-size backbone with the stride-32 levels CSPNeXtPAFPN is fed: 'auto' gives 32, an
+    # explicit 16 fails (the first level of 15 rows would meet an upsampled 16)
+    model = _rtmdet_neck(timm('resnet18', (2, 3, 4)))
+    assert resolve_config(dict(model=model))['model']['data_preprocessor'][
+        'pad_size_divisor'] == 32
+    with pytest.raises(ValueError, match=r'pad_size_divisor=16: .*CSPNeXtPAFPN.*multiples of 32'):
+        resolve_config(dict(model=_rtmdet_neck(timm('resnet18', (2, 3, 4)), divisor=16)))
+    # a backbone that pads itself for exact maps (convnext: to 32) does not ask batches for it
+    model = dict(_rtmdet_neck(timm('convnext_atto', (1, 2, 3)), divisor=8),
+                 neck=dict(type='FPN', in_channels='auto', out_channels=64, num_outs=3))
+    assert resolve_config(dict(model=model))['model']['data_preprocessor'][
+        'pad_size_divisor'] == 8

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import timm
+import torch
 
 import timm_backbones  # noqa: F401  (registers the modules)
 from helpers import ROOT
@@ -56,6 +57,55 @@ def test_check_family_ok(family):
     # rule: a CNN and a plain ViT work in every matrix family (meta build + checked forward)
     assert check_family(family, 'resnet18').status == 'ok'
     assert check_family(family, 'vit_tiny_patch16_224').status == 'ok'
+
+
+def test_the_matrix_is_every_shipped_family():
+    from timm_backbones.families import FAMILIES
+    assert set(MATRIX_FAMILIES) == set(FAMILIES)
+
+
+@pytest.mark.parametrize('name', ['inception_v3', 'levit_128', 'mobilevitv2_050'])
+def test_maps_off_the_nominal_size_fit_rtmdet(name):
+    # these failed in RTMDet's CSPNeXtPAFPN with a shape error (maps one or two pixels off
+    # input / stride, concatenated after a 2x upsample); now their maps are exact
+    assert check_family('rtmdet', name).status == 'ok'
+
+
+def test_check_runs_every_size_and_checks_maps_exactly(monkeypatch):
+    # rule: the backbone runs at each check size (one not a multiple of 32) and at the size the
+    # config pads it to; a map one pixel off ceil(input / stride) is a failure
+    from timm_backbones import TimmBackbone
+    seen = []
+    real = TimmBackbone.forward
+
+    def spy(self, x):
+        seen.append(tuple(x.shape[-2:]))
+        return real(self, x)
+
+    monkeypatch.setattr(TimmBackbone, 'forward', spy)
+    assert check_architecture('resnet18', families=('retinanet',)).families[
+        'retinanet'].status == 'ok'
+    assert seen == [(608, 800), (427, 569), (448, 576)]
+    monkeypatch.setattr(TimmBackbone, '_crop', lambda self, out, stride, hw: out)
+    result = check_architecture('inception_v3', families=('retinanet',)).families['retinanet']
+    assert result.status == 'failed' and 'retinanet backbone: map 0' in result.reason
+
+
+def test_convit_is_checked_on_the_meta_device(monkeypatch):
+    # ConViT's per-block index tables are made on the meta device in the check's forwards too
+    # (they took over 600 s per architecture on the CPU at the 1344x1344 canvas)
+    from timm.models.convit import GPSA
+    made = []
+    real = GPSA.get_rel_indices
+
+    def spy(self, num_patches):
+        made.append(torch.empty(()).device.type)
+        return real(self, num_patches)
+
+    monkeypatch.setattr(GPSA, 'get_rel_indices', spy)
+    assert check_architecture('convit_tiny', families=('yolof',)).families[
+        'yolof'].status == 'ok'
+    assert made and set(made) == {'meta'}
 
 
 def test_check_architecture_describes_and_rejects():

@@ -235,13 +235,16 @@ class TimmBackbone(BaseModule):
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Feature maps (NCHW) of the requested levels (or pyramid strides), in that order.
+        """Feature maps (NCHW) of the requested levels (or pyramid strides), in that order,
+        each exactly ceil(input / stride) in size.
 
-        Inputs a model cannot take as they are (sides not multiples of `pad_divisor`, or a
-        fixed-size model) are zero-padded bottom/right, as mmdet pads batches, and the maps
-        of the padding are cropped off again: outputs are ceil(input / stride) in size. Outside
-        autocast, maps have the input's dtype (blocks may compute in another one: FSDP mixed
-        precision of the blocks only, `engine/_fsdp.py`).
+        Inputs are zero-padded bottom/right, as mmdet pads batches, where the model needs it
+        (`BackbonePlan.run_size`: sides to a multiple of `exact_divisor`, at which its maps
+        are exactly input / stride; `margin` more for models whose maps fall short of the input,
+        such as inception's unpadded convolutions; a fixed-size model to its size), and the
+        maps of the padding are cropped off again. Outside autocast, maps have the input's dtype
+        (blocks may compute in another one: FSDP mixed precision of the blocks only,
+        `engine/_fsdp.py`).
         """
         self._check_input(x)
         if self.channels_last:
@@ -261,10 +264,24 @@ class TimmBackbone(BaseModule):
         outs = tuple(feats[i] for i in self._order)
         if self.pyramid is not None:
             return self.pyramid(outs, hw)
-        if run_hw != hw:
-            outs = tuple(o[..., :math.ceil(hw[0] / s.stride), :math.ceil(hw[1] / s.stride)]
-                         for o, s in zip(outs, self.feature_specs))
-        return outs
+        return tuple(self._crop(o, s.stride, hw) for o, s in zip(outs, self.feature_specs))
+
+    def _crop(self, out: Tensor, stride: int, hw: Tuple[int, int]) -> Tensor:
+        """The map of the input without the maps of the padding: ceil(input / stride), laid out
+        as the backbone's outputs are (contiguous, or channels-last)."""
+        h, w = math.ceil(hw[0] / stride), math.ceil(hw[1] / stride)
+        if out.shape[-2] < h or out.shape[-1] < w:  # the plan promised maps covering the input
+            raise RuntimeError(
+                f'TimmBackbone({self.model_name!r}): a stride-{stride} map of {out.shape[-2]}x'
+                f'{out.shape[-1]} for an input of {hw[0]}x{hw[1]} (run at '
+                f'{self.plan.run_size(hw)}), short of {h}x{w}: the planned input padding '
+                f'(exact_divisor={self.plan.exact_divisor}, margin={self.plan.margin}) does not '
+                f'fit this model. This is a bug in timm_backbones; please report it with the '
+                f'model name and the input size.')
+        if (out.shape[-2], out.shape[-1]) == (h, w):
+            return out
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        return out[..., :h, :w].contiguous(memory_format=layout)
 
     def _check_input(self, x: Tensor) -> None:
         """An NCHW image batch with `in_channels` channels."""

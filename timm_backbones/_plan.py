@@ -44,10 +44,18 @@ class BackbonePlan:
         pyramid_channels: The pyramid's channel option (see `SimplePyramid`).
         pad_divisor: Input sides must be multiples of this (1: any size).
         fixed_size: (H, W) of a model that only runs at one size (inputs are padded to it).
+        exact_divisor: Inputs are padded to multiples of this (a multiple of `pad_divisor`),
+            where the model's maps are exactly input / stride (convnext's patch stem gives
+            floor(input / 4) at other sizes; mobilevitv2 resizes odd maps inside).
+        margin: Pixels of extra padding (bottom/right) the chosen levels need for their maps
+            to cover the input (unpadded convolutions, e.g. inception: maps fall short of
+            input / stride); a fixed-size model takes inputs up to `fixed_size - margin`.
 
-    `pad_divisor` and `fixed_size` are the backbone's input-size contract: `run_size` says what
-    an input is padded to, `pad_size_divisor` what a data preprocessor should pad batches to.
-    Output specs carry `pad_divisor` too (`FeatureSpec.pad_divisor`, the same value).
+    `pad_divisor`, `fixed_size`, `exact_divisor` and `margin` are the backbone's input-size
+    contract: `run_size` says what an input is padded to, `pad_size_divisor` what a data
+    preprocessor should pad batches to; with them every output map is exactly ceil(input /
+    stride) in size (the maps of the padding are cropped). Output specs carry `pad_divisor`
+    too (`FeatureSpec.pad_divisor`, the same value).
     """
     model_name: str
     kwargs: Dict[str, Any]
@@ -58,6 +66,8 @@ class BackbonePlan:
     pyramid_channels: Optional[int] = None
     pad_divisor: int = 1
     fixed_size: Optional[Tuple[int, int]] = None
+    exact_divisor: int = 1
+    margin: int = 0
 
     @property
     def timm_indices(self) -> Tuple[int, ...]:
@@ -70,24 +80,36 @@ class BackbonePlan:
         output stride (for a fixed-size model, also a divisor of its size, so padding never
         pushes an input past it)."""
         auto = math.lcm(self.pad_divisor, max(s.stride for s in self.specs))
-        return math.gcd(auto, *self.fixed_size) if self.fixed_size is not None else auto
+        if self.fixed_size is None:
+            return auto
+        return math.gcd(auto, *(side - self.margin for side in self.fixed_size))
+
+    @property
+    def max_input(self) -> Optional[Tuple[int, int]]:
+        """The largest input (H, W) a fixed-size model takes (None: any size)."""
+        if self.fixed_size is None:
+            return None
+        return self.fixed_size[0] - self.margin, self.fixed_size[1] - self.margin
 
     def run_size(self, hw: Tuple[int, int]) -> Tuple[int, int]:
-        """The input size the timm model runs at for an input of size `hw` (padded up to a
-        multiple of `pad_divisor`, or to `fixed_size`).
+        """The input size the timm model runs at for an input of size `hw` (padded up by
+        `margin`, then to a multiple of `exact_divisor`; or to `fixed_size`).
 
         Raises:
             ValueError: The input is larger than a fixed-size model takes.
         """
         if self.fixed_size is None:
-            return round_up(hw[0], self.pad_divisor), round_up(hw[1], self.pad_divisor)
-        fixed = self.fixed_size
-        if hw[0] > fixed[0] or hw[1] > fixed[1]:
+            return (round_up(hw[0] + self.margin, self.exact_divisor),
+                    round_up(hw[1] + self.margin, self.exact_divisor))
+        fixed, top = self.fixed_size, self.max_input
+        if hw[0] > top[0] or hw[1] > top[1]:
+            cover = (f' (its maps cover {top[0]}x{top[1]} of it: unpadded convolutions)'
+                     if self.margin else '')
             raise ValueError(
                 f'{self.model_name!r} only runs at {fixed[0]}x{fixed[1]} (fixed position '
-                f'tables), and the input is {hw[0]}x{hw[1]}. Build it for your largest input '
-                f'with input_size=(H, W) (smaller inputs are zero-padded to it), resize images '
-                f'to fit, or pick a model that takes any size.')
+                f'tables){cover}, and the input is {hw[0]}x{hw[1]}. Build it for your largest '
+                f'input with input_size=(H, W) (smaller inputs are zero-padded to it), resize '
+                f'images to fit, or pick a model that takes any size.')
         return fixed
 
     @property
@@ -231,7 +253,9 @@ def plan_backbone(model_name: str,
     return BackbonePlan(model_name=model_name, kwargs=kwargs, levels=levels,
                         output_format=found.output_format, out_indices=indices,
                         pyramid_strides=strides, pyramid_channels=pyramid_channels,
-                        pad_divisor=sizes.pad_divisor, fixed_size=sizes.fixed_size)
+                        pad_divisor=sizes.pad_divisor, fixed_size=sizes.fixed_size,
+                        exact_divisor=sizes.exact_divisor,
+                        margin=sizes.margin(sorted(set(indices))))
 
 
 def plan_from_config(cfg: Any) -> BackbonePlan:

@@ -9,6 +9,7 @@ same backbone twice never repeats a failing build. The latest meta models are ke
 """
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -17,7 +18,7 @@ from mmengine.logging import print_log
 from torch import nn
 
 from ._cache import Memo, kwargs_key
-from ._meta_ops import fast_meta
+from ._meta_ops import on_meta
 from ._specs import round_up, size_near
 from ._timm import UnsupportedOptions, check_model_name, create_features, output_format
 
@@ -39,15 +40,39 @@ class Probe:
 
 @dataclass(frozen=True)
 class InputRule:
-    """Which input sizes a timm feature extractor runs at.
+    """Which input sizes a timm feature extractor runs at, and what it takes for its maps to be
+    exactly ceil(input / stride) in size.
 
     Args:
-        pad_divisor: Smallest divisor such that inputs whose sides are multiples of it run
-            (1: any size).
+        pad_divisor: Smallest trial divisor such that inputs whose sides are multiples of it
+            run (1: any size).
         fixed_size: (H, W) the model only runs at (fixed position tables), else None.
+        exact_divisor: A multiple of `pad_divisor` at which the maps are exactly input /
+            stride (1: ceil(input / stride) at any size), or the divisor at which maps fall
+            short by `margins`; `pad_divisor` where no trial divisor gives exact maps.
+        margins: (level, pixels) for levels whose maps fall short of ceil(input / stride)
+            (unpadded convolutions: inception): the input needs that much more padding
+            (bottom/right) for the map to cover it. For a fixed-size model: how much smaller
+            than the fixed size inputs must be.
+
+    Example:
+        >>> rule = probe_input('inception_v3', {})
+        >>> rule.pad_divisor, rule.exact_divisor, rule.margin((1, 2, 3, 4))  # maps 2 px short
+        (1, 32, 64)
     """
     pad_divisor: int
     fixed_size: Optional[Tuple[int, int]]
+    exact_divisor: int = 1
+    margins: Tuple[Tuple[int, int], ...] = ()
+
+    def margin(self, levels: Sequence[int]) -> int:
+        """The margin (pixels) the given levels need: the largest of theirs; a level that was
+        not measured (not among the model's default outputs) counts as the largest measured."""
+        if not self.margins:
+            return 0
+        known = dict(self.margins)
+        worst = max(known.values())
+        return max((known.get(i, worst) for i in levels), default=0)
 
 
 _Key = Tuple[str, Tuple[Tuple[str, str], ...]]
@@ -59,6 +84,7 @@ _ANY_SIZE = Memo('any-size rules', _SIZE, failures=(ValueError,))
 _MODELS = Memo('meta models', 2)  # the latest meta builds
 # candidate input divisors, as multiples of the deepest stride (windowed attention: 7, 14)
 _DIVISOR_FACTORS = (1, 2, 4, 7, 8, 14, 16)
+_ODD_TRIAL = (321, 417)  # the first trial size (divisor 1)
 
 
 def _key(model_name: str, kwargs: Dict[str, Any]) -> _Key:
@@ -149,27 +175,47 @@ def probe_input(model_name: str, kwargs: Dict[str, Any]) -> InputRule:
                        lambda: _input_rule(model_name, meta_model(model_name, kwargs), kwargs))
 
 
-def _meta_shapes(model: nn.Module, hw: Tuple[int, int], in_chans: int
-                 ) -> Union[List[Tuple[int, ...]], Exception]:
-    """Output shapes of a forward at `hw` (meta device, unless the model is on the CPU), or the
-    exception the model raised there (kept for the error message if no size works).
+class _Trials:
+    """Trial forwards of one model: output shapes by input size, or the exception the model
+    raised there (kept for the error message if no size works); each size runs once.
 
-    A forward failing under `fast_meta` runs again without it: if that one succeeds, the fast
-    kernels are wrong (a bug of this package), which is raised rather than read as "does not run
-    at this size".
+    Meta forwards run with the meta device as the default and the fast meta kernels
+    (`on_meta`): tensors a model makes while it runs (ConViT's index tables, rotary embeddings)
+    take no memory and no time.
     """
-    device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
-    x = torch.empty(1, in_chans, *hw, device=device)
-    if device.type != 'meta':
-        return _shapes_or_error(model, x, contextlib.nullcontext())
-    found = _shapes_or_error(model, x, fast_meta())
-    if isinstance(found, Exception) and \
-            isinstance(_shapes_or_error(model, x, contextlib.nullcontext()), list):
-        raise RuntimeError(
-            f'{type(model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but not under '
-            f"fast_meta ({type(found).__name__}: {found}): a bug in timm_backbones' fast meta "
-            f'kernels (_meta_ops.py); please report it with the model name.') from found
-    return found
+
+    def __init__(self, model: nn.Module, in_chans: int) -> None:
+        self.model = model
+        self.in_chans = in_chans
+        self.device = next(iter(model.parameters()), torch.empty(0, device='meta')).device
+        self.found: Dict[Tuple[int, int], Union[List[Tuple[int, ...]], Exception]] = {}
+
+    def _input(self, hw: Tuple[int, int]) -> torch.Tensor:
+        return torch.empty(1, self.in_chans, *hw, device=self.device)
+
+    def shapes(self, hw: Tuple[int, int]) -> Union[List[Tuple[int, ...]], Exception]:
+        """Output shapes at `hw`, or the exception raised there."""
+        if hw not in self.found:
+            self.found[hw] = _shapes_or_error(
+                self.model, self._input(hw),
+                on_meta() if self.device.type == 'meta' else contextlib.nullcontext())
+        return self.found[hw]
+
+    def check_kernels(self, hw: Tuple[int, int]) -> None:
+        """For a model that ran at no size: the forward at `hw` again, without the fast meta
+        kernels. If that one runs, the fast kernels are wrong (a bug of this package), which is
+        raised rather than read as "does not run at any size". (A kernel wrong only at some
+        sizes is left to the kernels' own tests: a model that runs at some size under them is
+        not run twice.)"""
+        found = self.shapes(hw)
+        if self.device.type != 'meta' or not isinstance(found, Exception):
+            return
+        if isinstance(_shapes_or_error(self.model, self._input(hw), torch.device('meta')), list):
+            raise RuntimeError(
+                f'{type(self.model).__name__} runs at {hw[0]}x{hw[1]} on the meta device but '
+                f'not under fast_meta ({type(found).__name__}: {found}): a bug in '
+                f"timm_backbones' fast meta kernels (_meta_ops.py); please report it with the "
+                f'model name.') from found
 
 
 def _shapes_or_error(model: nn.Module, x: torch.Tensor, mode: Any
@@ -182,27 +228,32 @@ def _shapes_or_error(model: nn.Module, x: torch.Tensor, mode: Any
     return [tuple(o.shape) for o in outs]
 
 
-def _check_shapes(model_name: str, model: nn.Module,
-                  runs: Sequence[Tuple[Tuple[int, int], Sequence[Tuple[int, ...]]]]) -> None:
+_Runs = Sequence[Tuple[Tuple[int, int], Sequence[Tuple[int, ...]]]]
+
+
+def _sides(model: nn.Module, shape: Tuple[int, ...]) -> Tuple[int, int, int]:
+    """(channels, height, width) of an output shape in the model's layout."""
+    if output_format(model) == 'NHWC':
+        return shape[3], shape[1], shape[2]
+    return shape[1], shape[2], shape[3]
+
+
+def _check_shapes(model_name: str, model: nn.Module, runs: _Runs) -> None:
     """timm's `feature_info` must describe the real outputs: channels equal, sizes near
     input / reduction (`size_near`), and between trial inputs the maps grow by input growth /
     reduction (+-1)."""
-    nhwc = output_format(model) == 'NHWC'
-
-    def chw(shape):
-        return (shape[3], shape[1], shape[2]) if nhwc else tuple(shape[1:4])
-
     (hw, shapes), rest = runs[0], runs[1:]
     for i, d in enumerate(model.feature_info.get_dicts()):
-        c, h, w = chw(shapes[i])
+        c, h, w = _sides(model, shapes[i])
         r = d['reduction']
         bad = c != d['num_chs'] or not all(size_near(g, s, r) for g, s in zip((h, w), hw))
         for hw2, shapes2 in rest:
-            _, h2, w2 = chw(shapes2[i])
+            _, h2, w2 = _sides(model, shapes2[i])
             bad |= any(abs((g2 - g) - (s2 - s) / r) > 1
                        for g, g2, s, s2 in zip((h, w), (h2, w2), hw, hw2))
         if bad:
-            sizes = ', '.join(f'{a[0]}x{a[1]} -> {chw(b[i])[0]}x{chw(b[i])[1]}x{chw(b[i])[2]}'
+            sizes = ', '.join(f'{a[0]}x{a[1]} -> {_sides(model, b[i])[0]}x'
+                              f'{_sides(model, b[i])[1]}x{_sides(model, b[i])[2]}'
                               for a, b in runs)
             raise ValueError(
                 f"timm's feature_info for {model_name!r} does not describe its outputs: level "
@@ -211,27 +262,91 @@ def _check_shapes(model_name: str, model: nn.Module,
                 f'reports wrong metadata); pick another model.')
 
 
+def _offsets(model: nn.Module, runs: _Runs) -> Dict[int, Tuple[int, int]]:
+    """Per returned level (by level index): the smallest and the largest difference, over the
+    trial inputs and both sides, between the map side and ceil(input side / stride)."""
+    found = {}
+    for i, (level, d) in enumerate(zip(model.feature_info.out_indices,
+                                       model.feature_info.get_dicts())):
+        diffs = [got - math.ceil(side / d['reduction'])
+                 for hw, shapes in runs
+                 for got, side in zip(_sides(model, shapes[i])[1:], hw)]
+        found[int(level)] = (min(diffs), max(diffs))
+    return found
+
+
+def _margins(model: nn.Module, offsets: Dict[int, Tuple[int, int]]
+             ) -> Tuple[Tuple[int, int], ...]:
+    """(level, pixels of input padding that cover its shortfall) for every measured level; ()
+    when no level falls short."""
+    reductions = dict(zip(model.feature_info.out_indices,
+                          (d['reduction'] for d in model.feature_info.get_dicts())))
+    margins = tuple((level, max(0, -low) * reductions[level])
+                    for level, (low, _) in offsets.items())
+    return margins if any(m for _, m in margins) else ()
+
+
+def _uncovered(model: nn.Module, hw: Tuple[int, int], shapes: Sequence[Tuple[int, ...]]
+               ) -> Tuple[Tuple[int, int], ...]:
+    """(level, pixels of the input its map does not cover: input side - map side x stride) for
+    every returned level of a forward at `hw`; () when every map covers the input."""
+    margins = tuple((int(level), max(0, *(side - got * d['reduction'] for got, side in
+                                          zip(_sides(model, shape)[1:], hw))))
+                    for level, d, shape in zip(model.feature_info.out_indices,
+                                               model.feature_info.get_dicts(), shapes))
+    return margins if any(m for _, m in margins) else ()
+
+
 def _any_size_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]
                    ) -> Tuple[Optional[InputRule], str, str]:
-    """The smallest trial divisor at which the model runs at two non-square sizes:
-    (InputRule(divisor, None), '', '') or (None, size of the last failure, its error)."""
-    in_chans = kwargs.get('in_chans', 3)
+    """Trial divisors, smallest first: two non-square sizes each (multiples of the divisor;
+    odd sides for divisor 1). The first divisor the model runs at is its `pad_divisor`. Its
+    `exact_divisor` is the first (a multiple of that) at which the maps are exactly ceil(input
+    / stride), or a divisor > 1 at which some maps fall short of input / stride (unpadded
+    convolutions, which no larger divisor mends), with those levels' margins. Maps off the
+    nominal size otherwise (floor sizes at odd inputs: convnext's patch stem; maps resized
+    inside the model: mobilevitv2) keep the search going; where no divisor mends them, the
+    first the model runs at is taken (its maps are cropped).
+
+    Returns:
+        (InputRule, '', '') or (None, size of the last failure, its error) when it runs at no
+        trial divisor.
+    """
     model.eval()  # batch-1 trial forwards: BN in train mode rejects 1x1 maps
+    trials = _Trials(model, kwargs.get('in_chans', 3))
     deepest = max(d['reduction'] for d in model.feature_info.info)
     last = ('', '')
+    runs_at: Optional[InputRule] = None  # the first divisor it runs at, maps off nominal
     for factor in (0,) + _DIVISOR_FACTORS:
         d = 1 if factor == 0 else deepest * factor
-        # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1)
-        a = round_up(320, d) if d > 1 else 321
-        b = round_up(416, d) if d > 1 else 417
+        if runs_at is not None and d % runs_at.pad_divisor:
+            continue  # inputs padded to d must run too
+        # two non-square sizes of detection-like scale, multiples of d (odd sides when d=1;
+        # the second an odd multiple of d, where a divisor too small for exact maps shows)
+        a = round_up(320, d) if d > 1 else _ODD_TRIAL[0]
+        b = round_up(416, d) if d > 1 else _ODD_TRIAL[1]
         second = (a + d * (1 if d > 1 else 64), b)
-        shapes = _meta_shapes(model, (a, b), in_chans)
-        shapes2 = _meta_shapes(model, second, in_chans) if isinstance(shapes, list) else shapes
-        if isinstance(shapes2, list):
-            _check_shapes(model_name, model, [((a, b), shapes), (second, shapes2)])
-            return InputRule(d, None), '', ''
-        failed = (a, b) if isinstance(shapes, Exception) else second
-        last = (f'{failed[0]}x{failed[1]}', f'{type(shapes2).__name__}: {shapes2}')
+        # where the model ran at a smaller divisor (its sizes and growth checked there), the
+        # second size alone says whether maps are exact at this one
+        sizes = [second] if runs_at is not None else [(a, b), second]
+        found = [trials.shapes(size) for size in sizes[:1]]
+        if isinstance(found[0], list) and len(sizes) > 1:
+            found.append(trials.shapes(sizes[1]))
+        if not isinstance(found[-1], list):
+            failed = sizes[len(found) - 1]
+            last = (f'{failed[0]}x{failed[1]}', f'{type(found[-1]).__name__}: {found[-1]}')
+            continue
+        runs = list(zip(sizes, found))
+        _check_shapes(model_name, model, runs)
+        offsets = _offsets(model, runs)
+        rule = InputRule(runs_at.pad_divisor if runs_at else d, None, d,
+                         _margins(model, offsets))
+        short = any(low < 0 for low, _ in offsets.values())
+        if not any(low or high for low, high in offsets.values()) or (short and d > 1):
+            return rule, '', ''
+        runs_at = runs_at or rule
+    if runs_at is not None:
+        return runs_at, '', ''
     return None, last[0], last[1]
 
 
@@ -267,7 +382,7 @@ def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> In
                                 lambda: _any_size_rule(model_name, model, kwargs))
     if rule is not None:
         return rule
-    in_chans = kwargs.get('in_chans', 3)
+    trials = _Trials(model, kwargs.get('in_chans', 3))
     deepest = max(d['reduction'] for d in model.feature_info.info)
     native = getattr(model, 'pretrained_cfg', {}).get('input_size')
     tried = []
@@ -276,12 +391,15 @@ def _input_rule(model_name: str, model: nn.Module, kwargs: Dict[str, Any]) -> In
         if size is None:
             continue
         size = (size, size) if isinstance(size, int) else tuple(size)[-2:]
-        shapes = _meta_shapes(model, size, in_chans)
+        shapes = trials.shapes(size)
         if isinstance(shapes, list):
             _check_shapes(model_name, model, [(size, shapes)])
-            return InputRule(1, (int(size[0]), int(size[1])))
+            return InputRule(1, (int(size[0]), int(size[1])),
+                             margins=_uncovered(model, size, shapes))
         tried.append(f'{size[0]}x{size[1]}')
         last = [tried[-1], f'{type(shapes).__name__}: {shapes}']
+    for size in [*trials.found, _ODD_TRIAL][:1]:
+        trials.check_kernels(size)
     hint = (f"; it was built with img_size={kwargs['img_size']} but does not run at that size "
             f'(some models only take square inputs): try input_size=(S, S)'
             if 'img_size' in kwargs else '')

@@ -165,8 +165,11 @@ def _cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     params = sum(p.numel() for p in meta_model(args.arch, plan.kwargs).parameters()) / 1e6
     out.write(f'{args.arch}: {len(plan.levels)} levels, {params:.2f} M parameters, timm returns '
               f'{plan.output_format}'
-              + (f', inputs padded to multiples of {plan.pad_divisor}' if plan.pad_divisor > 1
-                 else '')
+              + (', inputs padded' + (f' by {plan.margin} px (short maps)' if plan.margin
+                                        else '')
+                 + (' then' if plan.margin and plan.exact_divisor > 1 else '')
+                 + (f' to multiples of {plan.exact_divisor}' if plan.exact_divisor > 1 else '')
+                 if plan.margin or plan.exact_divisor > 1 else '')
               + (f', only runs at {plan.fixed_size[0]}x{plan.fixed_size[1]}' if plan.fixed_size
                  else '') + '\n')
     _table(table, out)

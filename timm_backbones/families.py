@@ -19,6 +19,7 @@ from mmengine.config import Config
 
 from ._cache import memoize
 from ._plan import plan_from_config
+from ._specs import round_up
 
 __all__ = ['DetectorFamily', 'FAMILIES', 'FAMILY_OPTIONS', 'DETECTION', 'SEGMENTATION',
            'SEG_FAMILIES', 'configs_dir', 'get_family', 'family_backbone', 'family_config_text',
@@ -38,8 +39,11 @@ class DetectorFamily:
         name: Short name (`timm-backbones config NAME ARCH`).
         title: Detector (segmentor) and neck / head, for tables.
         config: The config file, relative to `configs/`.
-        canvas: Side of the square a fixed-size model is built for (covers the config's test
-            scale, or a segmentor's crop; a multiple of 7, 14, 16 and 32 where it can be).
+        canvas: Side of the square a fixed-size model takes (covers the config's test
+            scale, or a segmentor's crop; a multiple of 7, 14, 16 and 32 where it can be). It
+            is built for the canvas rounded up to its deepest stride (levit's 64: the necks' 2x
+            upsampling then meets every level), plus the margin its maps need
+            (`BackbonePlan.margin`: pit's unpadded patch embedding).
         task: `DETECTION` (mmdet) or `SEGMENTATION` (mmseg).
 
     Example:
@@ -137,8 +141,10 @@ def family_backbone(family: str, arch: str, pretrained: bool = True) -> Dict[str
     if isinstance(options.get('out_indices'), list):
         options['out_indices'] = tuple(options['out_indices'])
     cfg = dict(type='TimmBackbone', model_name=arch, **options, pretrained=pretrained)
-    if plan_from_config({k: v for k, v in cfg.items() if k != 'pretrained'}).fixed_size:
-        cfg['input_size'] = (spec.canvas, spec.canvas)
+    plan = plan_from_config({k: v for k, v in cfg.items() if k != 'pretrained'})
+    if plan.fixed_size:  # the canvas in whole deepest strides, and the margin its maps need
+        side = round_up(spec.canvas, max(s.stride for s in plan.specs)) + plan.margin
+        cfg['input_size'] = (side, side)
     return cfg
 
 

@@ -5,15 +5,16 @@ and the tests.
 
 A check is what a user's first run would do, on the meta device (no weights, no memory): the
 family's config with the architecture as backbone is resolved (`resolve_config`), the whole
-detector is built, and the backbone, neck and dense heads run at a detection-sized, non-square
-input; every map is checked against the levels the wiring predicted. Outcomes:
+detector is built, and it runs at two detection-sized, non-square images (`CHECK_SIZES`, one
+with sides that are not multiples of 32): the backbone at the image size and at the size the
+config's data preprocessor pads it to, the neck and the dense heads at the padded size. Every
+map must be exactly ceil(input / stride) for the levels the wiring predicted. Outcomes:
 'ok'; 'rejected' (resolve_config or the backbone refused the architecture up front with a clear
 error of ours); 'failed' (anything else: a wiring bug to fix). Segmentation families (mmseg) are
 checked the same way (`check_seg_family`): backbone, neck and every decode and auxiliary head.
 """
 import copy
 import importlib.metadata
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,25 +30,28 @@ from ._probe import supports_kwargs
 from ._cache import Memo
 from ._specs import FeatureSpec, check_maps, round_up
 
-__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZE', 'CHECK_SIZES',
+__all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZES', 'CHECK_SIZES',
            'STATUSES',
            'FamilyResult', 'ArchResult', 'describe_architecture', 'family_backbone',
            'family_config_text', 'family_model', 'check_family', 'check_architecture',
            'is_plain', 'configs_dir', 'environment', 'check_layer_decay', 'SEG_CHECK_SIZE',
            'SEG_MATRIX_FAMILIES', 'check_seg_family']
 
-DETECTION_SIZE = (608, 800)  # H, W: a detection-like, non-square input
+# (H, W) images a check runs the detector at: detection-like and non-square, one a multiple of
+# 32 and one not (odd sides), within every family's canvas
+DETECTION_SIZES = ((608, 800), (427, 569))
 STATUSES = ('ok', 'rejected', 'failed', 'timeout')
 
 
-# The families of the published matrix (docs/compatibility.csv): one per neck kind, and every
-# segmentation family (one per head kind).
+# The families of the published matrix (docs/compatibility.csv): every shipped detector config,
+# and every segmentation family (one per head kind).
 SEG_MATRIX_FAMILIES = ('upernet', 'segformer', 'fpn', 'mask2former')
-MATRIX_FAMILIES = ('retinanet', 'faster-rcnn', 'dino', 'yolof', 'rtmdet') + SEG_MATRIX_FAMILIES
+MATRIX_FAMILIES = ('retinanet', 'fcos', 'atss', 'faster-rcnn', 'mask-rcnn', 'cascade-rcnn',
+                   'yolof', 'dino', 'rtmdet') + SEG_MATRIX_FAMILIES
 SEG_CHECK_SIZE = (384, 512)  # H, W: a non-square input within the segmentation families' crop
 _DECODER_SIZE = (128, 160)  # H, W of the CPU run of MaskFormer-style pixel decoders
-# (H, W) a family's check runs the detector at (non-square, within the family's canvas)
-CHECK_SIZES = {'rtmdet': (480, 640)}
+# the sizes of detection families whose canvas is smaller (RTMDet's 640x640 test scale)
+CHECK_SIZES = {'rtmdet': ((480, 640), (427, 569))}
 
 
 @dataclass
@@ -129,11 +133,12 @@ def _run_heads(detector: torch.nn.Module, feats: Sequence[torch.Tensor]) -> None
                                      f'{tuple(feat.shape)}')
 
 
-def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
-                 ) -> FamilyResult:
-    """`arch` in a detector family, on the meta device: resolve, build the whole detector, run
-    backbone, neck and dense heads at `size` (default: the family's; padded as the config pads)
-    and check every map.
+def check_family(family: str, arch: str,
+                 sizes: Optional[Sequence[Tuple[int, int]]] = None) -> FamilyResult:
+    """`arch` in a detector family, on the meta device: resolve, build the whole detector, and
+    for each image size (default: the family's `CHECK_SIZES`) run the backbone at that size and
+    at the size the config pads it to, then the neck and the dense heads on the padded maps;
+    every map must be exactly ceil(input / stride) (`check_maps(exact=True)`).
 
     Example:
         >>> check_family('retinanet', 'resnet18').status
@@ -142,8 +147,8 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
     from mmengine.registry import init_default_scope
 
     from .wiring import resolve_config
-    if get_family(family).task == SEGMENTATION:
-        return check_seg_family(family, arch, size)
+    if get_family(family).task == SEGMENTATION:  # one size (the first of `sizes`)
+        return check_seg_family(family, arch, tuple(sizes[0]) if sizes else None)
     try:
         model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
         levels = _neck_levels(model_cfg)
@@ -152,15 +157,20 @@ def check_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
     try:
         init_default_scope('mmdet')
         detector, maps = _detector(model_cfg)
-        size = size or CHECK_SIZES.get(family, DETECTION_SIZE)
+        specs = detector.backbone.feature_specs
         divisor = model_cfg['data_preprocessor'].get('pad_size_divisor', 1)
-        padded = tuple(round_up(s, divisor) for s in size)
-        with torch.no_grad(), fast_meta():
-            if padded not in maps:  # the backbone's maps, shared by families with its config
-                maps[padded] = detector.backbone(torch.empty(1, 3, *padded, device='meta'))
-            feats = detector.neck(maps[padded]) if detector.with_neck else maps[padded]
-            check_maps([f.shape for f in feats], levels, padded, f'{family} neck')
-            _run_heads(detector, feats)
+        for size in sizes or CHECK_SIZES.get(family, DETECTION_SIZES):
+            padded = tuple(round_up(s, divisor) for s in size)
+            with torch.no_grad(), on_meta():
+                for hw in dict.fromkeys([tuple(size), padded]):
+                    if hw not in maps:  # the backbone's maps, shared by families with its config
+                        maps[hw] = detector.backbone(torch.empty(1, 3, *hw, device='meta'))
+                    check_maps([f.shape for f in maps[hw]], specs, hw, f'{family} backbone',
+                               exact=True)
+                feats = detector.neck(maps[padded]) if detector.with_neck else maps[padded]
+                check_maps([f.shape for f in feats], levels, padded, f'{family} neck',
+                           exact=True)
+                _run_heads(detector, feats)
     except Exception as err:  # noqa: BLE001 - the matrix records every failure with its reason
         return FamilyResult('failed', _first_line(err))
     return FamilyResult('ok')
@@ -191,7 +201,7 @@ def check_seg_family(family: str, arch: str, size: Optional[Tuple[int, int]] = N
     try:
         init_default_scope('mmseg')
         segmentor, maps = _detector(model_cfg)
-        size = size or CHECK_SIZES.get(family, SEG_CHECK_SIZE)
+        size = size or SEG_CHECK_SIZE
         pre = model_cfg['data_preprocessor']
         divisor = pre.get('size_divisor') or (pre.get('test_cfg') or {}).get('size_divisor') or 1
         def features(hw: Tuple[int, int]) -> Sequence[torch.Tensor]:
@@ -301,7 +311,7 @@ def describe_architecture(arch: str) -> ArchResult:
 
 
 def check_architecture(arch: str, families: Sequence[str] = MATRIX_FAMILIES,
-                       size: Optional[Tuple[int, int]] = None) -> ArchResult:
+                       sizes: Optional[Sequence[Tuple[int, int]]] = None) -> ArchResult:
     """Describe `arch` and check it in each family (see `check_family`).
 
     Example:
@@ -320,7 +330,7 @@ def check_architecture(arch: str, families: Sequence[str] = MATRIX_FAMILIES,
         result.seconds = round(time.perf_counter() - start, 2)
         return result
     for family in families:
-        result.families[family] = check_family(family, arch, size)
+        result.families[family] = check_family(family, arch, sizes)
     result.seconds = round(time.perf_counter() - start, 2)
     return result
 

@@ -30,6 +30,10 @@ class NeckRule:
         reads: `(neck_cfg, levels, where) -> indices` of the input levels whose values the
             neck's forward uses (FPN: start_level..end_level; DilatedEncoder: the last one);
             None: all of them. Automatic pyramids skip the other levels (no unused branches).
+        align: `(neck_cfg, levels, where) -> multiple`: what the input image sides must be a
+            multiple of for the neck's maps to line up (necks that resample a level by a fixed
+            factor and add or concatenate it to its neighbour: a 2x-upsampled map of 8 rows
+            does not meet one of 15); None: any size (necks that resize to size).
 
     Example:
         >>> fpn = dict(type='FPN', out_channels=256, num_outs=5)
@@ -43,6 +47,7 @@ class NeckRule:
     outputs: Callable[[Mapping, SpecTuple, str], SpecTuple]
     follows: Mapping[str, str] = field(default_factory=dict)
     reads: Optional[Callable[[Mapping, SpecTuple, str], Tuple[int, ...]]] = None
+    align: Optional[Callable[[Mapping, SpecTuple, str], int]] = None
 
 
 def supported_necks() -> Tuple[str, ...]:
@@ -337,32 +342,47 @@ def _dyhead_outputs(cfg: Mapping, levels: SpecTuple, where: str) -> SpecTuple:
     return tuple(FeatureSpec(out_channels, lv.stride, extra=lv.extra) for lv in levels)
 
 
-_FPN = NeckRule(_list_input, _fpn_outputs(), reads=_fpn_reads)
+def _deepest(cfg: Mapping, levels: SpecTuple, where: str) -> int:
+    """Input sides must be multiples of the deepest stride fed: upsampling by 2 then meets the
+    level above exactly (ceil(input / stride) is even at every stride below the deepest)."""
+    return max((lv.stride for lv in levels if lv.stride is not None), default=1)
+
+
+def _deepest_if_scaled(cfg: Mapping, levels: SpecTuple, where: str) -> int:
+    """FPN-style necks upsample to the size of the level above, unless `upsample_cfg` sets a
+    fixed scale_factor (then as `_deepest`, over the levels used)."""
+    if 'scale_factor' not in (cfg.get('upsample_cfg') or {}):
+        return 1
+    start, stop, _ = _used_range(cfg, levels, where)
+    return _deepest(cfg, levels[start:stop], where)
+
+
+_FPN = NeckRule(_list_input, _fpn_outputs(), reads=_fpn_reads, align=_deepest_if_scaled)
 
 NECKS: Dict[str, NeckRule] = {
     # in_channels: one per input level, in order; all inputs are passed (len is asserted).
     'FPN': _FPN,
     'FPN_DropBlock': _FPN,
     'PAFPN': NeckRule(_list_input, _fpn_outputs('adds a stride-2 bottom-up path'),
-                      reads=_fpn_reads),
+                      reads=_fpn_reads, align=_deepest_if_scaled),
     'FPN_CARAFE': NeckRule(_list_input, _fpn_outputs('upsamples by 2 and adds'),
-                           reads=_fpn_reads),
+                           reads=_fpn_reads, align=_deepest),
     'FPG': NeckRule(_list_input, _fpn_outputs('sums neighbouring levels made by stride-2 convs'),
-                    reads=_fpn_reads),
+                    reads=_fpn_reads, align=_deepest),
     'NASFPN': NeckRule(_list_input, _nasfpn_outputs),
     'NASFCOS_FPN': NeckRule(_list_input, _nasfcos_outputs),
-    'HRFPN': NeckRule(_list_input, _hrfpn_outputs),
+    'HRFPN': NeckRule(_list_input, _hrfpn_outputs, align=_deepest),
     # ChannelMapper (DETR family): one conv per input, extra stride-2 convs up to num_outs
     'ChannelMapper': NeckRule(_list_input, _channel_mapper_outputs),
-    'YOLOXPAFPN': NeckRule(_list_input, _csp_pafpn_outputs),
-    'CSPNeXtPAFPN': NeckRule(_list_input, _csp_pafpn_outputs),
+    'YOLOXPAFPN': NeckRule(_list_input, _csp_pafpn_outputs, align=_deepest),
+    'CSPNeXtPAFPN': NeckRule(_list_input, _csp_pafpn_outputs, align=_deepest),
     # SSDNeck: out_channels repeats in_channels, then one entry per extra level
     'SSDNeck': NeckRule(_ssd_inputs, _ssd_outputs, follows={'out_channels': 'in_channels'}),
     # one int, and the level count, for inputs that must share one width
     'BFP': NeckRule(_bfp_inputs, _same_levels),
     'DyHead': NeckRule(_dyhead_inputs, _dyhead_outputs),
     # deepest level first; outputs deepest first too
-    'YOLOV3Neck': NeckRule(_yolov3_inputs, _yolov3_outputs),
+    'YOLOV3Neck': NeckRule(_yolov3_inputs, _yolov3_outputs, align=_deepest),
     'SSH': NeckRule(_ssh_inputs, _ssh_outputs),
     # one int: the last input level only
     'DilatedEncoder': NeckRule(_last_input, _dilated_encoder_outputs, reads=_last_read),

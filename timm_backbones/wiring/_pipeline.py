@@ -380,13 +380,18 @@ def resolve_input_size(cfg: Mapping, det: Mapping, path: str) -> Optional[Backbo
         divisor = _get_path(pre, keys)
         if is_int(divisor) and divisor > 1:
             step = math.lcm(step, divisor)
-    size = (round_up(h, step), round_up(w, step))
+    # and the margin its maps need (unpadded convolutions, as measured at its default size)
+    size = (round_up(h, step) + plan.margin, round_up(w, step) + plan.margin)
     errors = []
     for candidate in dict.fromkeys([size, (max(size), max(size))]):
         try:
             plan = plan_from_config(dict(rest, input_size=candidate))
         except ValueError as err:
             errors.append(f'{candidate}: {err}')
+            continue
+        if plan.max_input[0] < h or plan.max_input[1] < w:
+            errors.append(f'{candidate}: its maps cover only {plan.max_input[0]}x'
+                          f'{plan.max_input[1]} of it')
             continue
         set_logged(backbone, 'input_size', list(candidate), where,
                    f'the largest image of the pipelines is {h}x{w}', level=logging.INFO)

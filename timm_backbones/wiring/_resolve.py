@@ -26,7 +26,7 @@ from .._configs import (AUTO, is_auto, is_int, set_logged, timm_model_name, to_l
 from .._meta_ops import on_meta
 from .._plan import BackbonePlan
 from .._pyramid import skip_unread
-from .._specs import FeatureSpec, SpecTuple, format_specs
+from .._specs import FeatureSpec, SpecTuple, format_specs, round_up
 from ._heads import (ATTENTION_LEVELS, DENSE_HEADS, GENERATORS, HEAD_STRIDES, LIST_IN_CHANNELS,
                      NECK_FIELDS, PAD_DIVISORS, ROI_EXTRACTORS)
 from ._necks import NECKS, neck_configs, supported_necks
@@ -53,6 +53,8 @@ class _Feed:
     source: str
     listing: str = ''
     why: str = ''
+    align: int = 1  # input sides must be multiples of this for the necks so far
+    aligned_by: str = ''  # the neck that asks for it, and why
 
 
 def resolve_config(cfg: _CfgT) -> _CfgT:
@@ -172,13 +174,14 @@ def _resolve_detector(det: Mapping, path: str, plan: Optional[BackbonePlan]) -> 
                      f"the timm backbone {plan.model_name!r}{f' ({options})' if options else ''}"
                      f' at {path}.backbone', listing=format_specs(plan.specs))
         if segmentor:
-            _resolve_pad_divisor(det, plan, path, SEG_PAD_DIVISORS, SEG_PAD_SIZE)
-        else:
-            _resolve_pad_divisor(det, plan, path, PAD_DIVISORS)
-        if segmentor:
             _check_segmentor_pretrained(det, path)
     for where, neck in neck_configs(det, path):
         feed = _resolve_neck(neck, feed, where, scope)
+    if plan is not None:  # after the necks: what they need of the input sides counts too
+        if segmentor:
+            _resolve_pad_divisor(det, plan, path, feed, SEG_PAD_DIVISORS, SEG_PAD_SIZE)
+        else:
+            _resolve_pad_divisor(det, plan, path, feed, PAD_DIVISORS)
     if segmentor:
         _resolve_seg_heads(det, feed, path)
         return
@@ -229,15 +232,19 @@ def _skip_unread_pyramid_levels(det: Mapping, path: str, plan: BackbonePlan) -> 
     return replace(plan, pyramid_strides=tuple(strides))
 
 
-def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str,
+def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str, feed: _Feed,
                          fields: Sequence[Sequence[str]], size_key: Optional[str] = None) -> None:
     """The data preprocessor's padding multiples (`fields`: detectors' `pad_size_divisor`,
     segmentors' `size_divisor` and `test_cfg.size_divisor`): 'auto' -> the plan's
-    `pad_size_divisor`; an explicit value must be a multiple of the divisor the backbone needs.
-    `size_key`: a fixed padding size beside a divisor (SegDataPreProcessor pads to one or the
-    other): where it is set, 'auto' is None."""
+    `pad_size_divisor`, made a multiple of what the necks need (`feed.align`: necks that
+    upsample by a fixed factor and concatenate need sides that are multiples of their deepest
+    input stride); an explicit value must be a multiple of both. A fixed-size model must take
+    the padded inputs: the divisor must divide the largest input it takes. `size_key`: a fixed
+    padding size beside a divisor (SegDataPreProcessor pads to one or the other): where it is
+    set, 'auto' is None."""
     pre = det.get('data_preprocessor')
-    need, auto = plan.pad_divisor, plan.pad_size_divisor
+    need = math.lcm(plan.pad_divisor, feed.align)
+    auto = math.lcm(plan.pad_size_divisor, feed.align)
     for keys in fields:
         holder, key = _get_path(pre, keys[:-1]), keys[-1]
         if not isinstance(holder, Mapping) or key not in holder:
@@ -248,23 +255,48 @@ def _resolve_pad_divisor(det: Mapping, plan: BackbonePlan, path: str,
         if size is not None and is_auto(value):
             set_logged(holder, key, None, where, f'{size_key}={to_list(size)!r} is set: batches '
                        f'are padded to it')
-        elif size is not None and value is not None:
+            continue
+        if size is not None and value is not None:
             raise ValueError(
                 f'{where}.{key}={value!r} and {where}.{size_key}={to_list(size)!r}: mmseg pads '
                 f'batches to a fixed size or to a multiple, not both. Fix: {key}=None (or '
                 f"'auto'), or remove {size_key}.")
-        elif is_auto(value):
-            set_logged(holder, key, auto, where)
-        elif value is None and size_key is not None:
+        if value is None and size_key is not None:
             continue  # SegDataPreProcessor's default: no padding to a multiple
+        _check_fixed_size_fits(plan, path, feed, auto, f'{where}.{key}')
+        if is_auto(value):
+            set_logged(holder, key, auto, where)
         elif not is_int(value):
             raise TypeError(f"{where}.{key} must be an int or 'auto', got {value!r} "
                             f"({type(value).__name__}). Fix: {key}='auto' (gives {auto}).")
         elif value < 1 or value % need:
+            why = [f'the timm backbone at {path}.backbone needs input sides that are multiples '
+                   f'of {plan.pad_divisor} (window attention, patch size)'] \
+                if value % plan.pad_divisor else []
+            why += [f'{feed.aligned_by}, so input sides must be multiples of {feed.align}'] \
+                if value % feed.align else []
             raise ValueError(
-                f'{where}.{key}={value!r}: the timm backbone at {path}.backbone needs '
-                f'input sides that are multiples of {need} (window attention, patch size). Fix: '
+                f'{where}.{key}={value!r}: {"; ".join(why)}. Fix: '
                 f"{key}='auto' (gives {auto}) or a multiple of {need}.")
+
+
+def _check_fixed_size_fits(plan: BackbonePlan, path: str, feed: _Feed, auto: int,
+                           where: str) -> None:
+    """A fixed-size model behind necks that need aligned sides must take every input padded to
+    `auto`: the largest input it takes must be a multiple of it."""
+    top = plan.max_input
+    if top is None or feed.align <= 1 or not any(side % auto for side in top):
+        return
+    fits = round_up(max(top), auto) + plan.margin
+    raise ValueError(
+        f'{where}: {feed.aligned_by}, so input sides must be multiples of '
+        f'{feed.align}; {plan.model_name!r} at {path}.backbone only runs at '
+        f'{plan.fixed_size[0]}x{plan.fixed_size[1]} and takes inputs up to {top[0]}x'
+        f'{top[1]}, which {auto} does not divide, so padded batches could outgrow it. Fix: '
+        f'build the backbone for a size whose sides are multiples of {auto}'
+        f"{f' (plus its margin of {plan.margin} px)' if plan.margin else ''}, e.g. "
+        f'input_size=({fits}, {fits}), or choose levels (out_indices) with a smaller '
+        f'deepest stride.')
 
 
 def _resolve_neck(cfg: Mapping, feed: _Feed, where: str, scope: str = _DET_SCOPE) -> _Feed:
@@ -298,7 +330,14 @@ def _resolve_neck(cfg: Mapping, feed: _Feed, where: str, scope: str = _DET_SCOPE
                          f'not follow from the backbone); write a value.')
     outputs = rule.outputs(cfg, feed.levels, where)
     _check_builds(cfg, feed, where, scope)
-    return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs))
+    align, aligned_by = feed.align, feed.aligned_by
+    multiple = rule.align(cfg, feed.levels, where) if rule.align is not None else 1
+    if align % multiple:
+        align = math.lcm(align, multiple)
+        aligned_by = (f'{where} ({kind}) resamples levels by a fixed factor and merges them '
+                      f'with their neighbours')
+    return _Feed(outputs, f'{where} ({kind})', listing=format_specs(outputs), align=align,
+                 aligned_by=aligned_by)
 
 
 def _check_builds(cfg: Mapping, feed: _Feed, where: str, scope: str) -> None:
