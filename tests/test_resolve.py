@@ -7,6 +7,7 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 
 import timm_backbones  # noqa: F401  (registers the modules)
 from helpers import mmdet_config, timm
@@ -135,7 +136,8 @@ def test_mask2former_head_without_neck():
     decoder_cfg.encoder.layer_cfg.self_attn_cfg.embed_dims = 32
     decoder_cfg.encoder.layer_cfg.ffn_cfg.update(embed_dims=32, feedforward_channels=64)
     decoder_cfg.positional_encoding.num_feats = 16
-    decoder = MODELS.build(decoder_cfg).eval()
+    with DefaultScope.overwrite_default_scope('mmdet'):  # whatever an earlier test left
+        decoder = MODELS.build(decoder_cfg).eval()
     feats = [torch.rand(1, c, 64 // s, 64 // s) for c, s in zip(head.in_channels, head.strides)]
     with torch.no_grad():
         mask_features, memories = decoder(feats)
