@@ -107,6 +107,17 @@ def nonfinite(model):
             if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
+def built_deterministic(build, *args, **kwargs):
+    """`build(*args, **kwargs)` under `torch.use_deterministic_algorithms(True)`, where torch
+    fills uninitialized memory with NaN: a tensor left as `torch.Tensor(...)` memory shows in
+    `nonfinite`, whatever the allocator hands out."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        return build(*args, **kwargs)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def unsafe_globals(path):
     """The globals a checkpoint needs beyond what torch's weights-only loader allows by itself
     (the process-wide allow-list the plugin adds is set aside for the question)."""

@@ -5,13 +5,12 @@ and `build_detector` / `init_detector` leave no parameter or buffer uninitialize
 import os
 
 import pytest
-import torch
 from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import Registry, init_default_scope
 
-from helpers import ROOT, nonfinite
+from helpers import ROOT, built_deterministic, nonfinite
 from timm_backbones import build_detector, init_detector, resolve_config
 from timm_backbones.engine import install_resolving_build
 
@@ -67,17 +66,11 @@ def test_init_detector_initializes_every_tensor():
     # rule: a model built without a checkpoint is initialized: no parameter or buffer is left as
     # torch.Tensor(...) memory (DETR's level_embed). torch's deterministic mode fills
     # uninitialized memory with NaN, so a missed init_weights() shows, whatever the allocator
-    # hands out (build_detector on every shipped config:
-    # test_stock_tools.py::test_mmdet_init_detector_on_every_shipped_config)
+    # hands out (build_detector on every shipped config: test_configs.py::test_config_builds)
     cfg = Config.fromfile(os.path.join(ROOT, 'configs',
                                        'dino-4scale_timm-swin-tiny_8xb2-12e_coco.py'))
     cfg.model.backbone.pretrained = False
-    torch.use_deterministic_algorithms(True)
-    try:
-        model = init_detector(cfg)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert not nonfinite(model)
+    assert not nonfinite(built_deterministic(init_detector, cfg))
 
 
 def test_the_check_sees_a_missed_init_weights():
@@ -85,9 +78,5 @@ def test_the_check_sees_a_missed_init_weights():
     cfg = Config.fromfile(os.path.join(ROOT, 'configs',
                                        'dino-4scale_timm-swin-tiny_8xb2-12e_coco.py'))
     cfg.model.backbone.pretrained = False
-    torch.use_deterministic_algorithms(True)
-    try:
-        model = build_detector(cfg, init_weights=False)
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert nonfinite(model) == ['level_embed']
+    assert nonfinite(built_deterministic(build_detector, cfg, init_weights=False)) == \
+        ['level_embed']

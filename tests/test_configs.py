@@ -11,7 +11,7 @@ from mmdet.structures.mask import BitmapMasks
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-from helpers import BUILT_ON_META, nonfinite
+from helpers import BUILT_ON_META, built_deterministic, nonfinite
 from timm_backbones import TimmBackbone, build_detector, resolve_config
 from timm_backbones._meta_ops import on_meta
 
@@ -71,11 +71,7 @@ def test_config_builds(name):
             model = build_detector(resolved, init_weights=False)
         assert model.backbone.out_channels == resolved.model.neck.in_channels
         return
-    torch.use_deterministic_algorithms(True)  # uninitialized memory is NaN (see test_api.py)
-    try:
-        model = build_detector(resolved)
-    finally:
-        torch.use_deterministic_algorithms(False)
+    model = built_deterministic(build_detector, resolved)  # uninitialized memory is NaN
     assert isinstance(model.backbone, TimmBackbone)
     assert not nonfinite(model)  # build_detector initializes every parameter and buffer
     neck_in = resolved.model.neck.in_channels

@@ -214,3 +214,20 @@ def test_tensors_timm_renamed_are_counted_by_value():
     assert len(_timm_load_report(model, same_names, 't', 'f').loaded) == len(own)
     other = {k: v + 1 for k, v in own.items()}  # same names, other values: nothing loaded
     assert _timm_load_report(model, other, 't', 'f').loaded == ()
+
+
+def test_hub_failure_says_what_to_do_offline(monkeypatch):
+    # rule: pretrained=True without network access fails naming the model, the cause and the
+    # fixes: a local file, or pretrained=False where a detector checkpoint replaces the weights
+    # (DetInferencer / init_detector build the backbone before loading the checkpoint)
+    from timm_backbones import _weights
+
+    def offline(*args, **kwargs):
+        raise OSError('We could not connect to huggingface.co')
+
+    monkeypatch.setattr(_weights, 'create_features', offline)
+    with pytest.raises(RuntimeError, match=r"for 'resnet18' from timm's hub \(network access "
+                                           r"needed\): OSError: We could not connect.*"
+                                           r"pretrained='/path/to/resnet18.safetensors'.*"
+                                           r"model.backbone.pretrained=False"):
+        TimmBackbone('resnet18', pretrained=True)

@@ -36,7 +36,10 @@ ADVICE = {
     'hub': (  # .format(model_name=...)
         "Offline, download the weights elsewhere and pass "
         "pretrained='/path/to/{model_name}.safetensors' (a timm-format state dict), or use "
-        "init_cfg=dict(type='Pretrained', checkpoint=...) for a backbone/detector checkpoint."),
+        "init_cfg=dict(type='Pretrained', checkpoint=...) for a backbone/detector checkpoint. "
+        "timm loads pretrained weights when the backbone is built, also where a detector "
+        "checkpoint replaces them afterwards (init_detector, DetInferencer): there, set "
+        "model.backbone.pretrained=False."),
     'init_cfg': (
         "init_cfg=Pretrained takes a checkpoint of this TimmBackbone (names 'model.*') or of a "
         "detector (add prefix='backbone.'); for a timm model's own weights (a timm state_dict) "
