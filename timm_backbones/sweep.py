@@ -18,7 +18,7 @@ import importlib.metadata
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -146,14 +146,12 @@ def check_family(family: str, arch: str,
     """
     from mmengine.registry import init_default_scope
 
-    from .wiring import resolve_config
     if get_family(family).task == SEGMENTATION:  # one size (the first of `sizes`)
         return check_seg_family(family, arch, tuple(sizes[0]) if sizes else None)
-    try:
-        model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
-        levels = _neck_levels(model_cfg)
-    except (ValueError, TypeError) as err:
-        return FamilyResult('rejected', _first_line(err))
+    resolved = _resolved(family, arch)
+    if isinstance(resolved, FamilyResult):
+        return resolved
+    model_cfg, levels = resolved
     try:
         init_default_scope('mmdet')
         detector, maps = _detector(model_cfg)
@@ -176,6 +174,17 @@ def check_family(family: str, arch: str,
     return FamilyResult('ok')
 
 
+def _resolved(family: str, arch: str) -> Union[Tuple[Dict[str, Any], Any], FamilyResult]:
+    """`arch` in `family`'s config, resolved: (model config, the levels the neck gives), or the
+    'rejected' result with resolve_config's reason."""
+    from .wiring import resolve_config
+    try:
+        model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
+        return model_cfg, _neck_levels(model_cfg)
+    except (ValueError, TypeError) as err:
+        return FamilyResult('rejected', _first_line(err))
+
+
 def check_seg_family(family: str, arch: str, size: Optional[Tuple[int, int]] = None
                      ) -> FamilyResult:
     """`arch` in a segmentation family (mmseg), on the meta device: resolve, build the whole
@@ -192,12 +201,10 @@ def check_seg_family(family: str, arch: str, size: Optional[Tuple[int, int]] = N
     from mmengine.registry import init_default_scope
 
     from . import seg  # noqa: F401  (registers the plugin in mmseg's registries)
-    from .wiring import resolve_config
-    try:
-        model_cfg = resolve_config(dict(model=family_model(family, arch)))['model']
-        levels = _neck_levels(model_cfg)
-    except (ValueError, TypeError) as err:
-        return FamilyResult('rejected', _first_line(err))
+    resolved = _resolved(family, arch)
+    if isinstance(resolved, FamilyResult):
+        return resolved
+    model_cfg, levels = resolved
     try:
         init_default_scope('mmseg')
         segmentor, maps = _detector(model_cfg)
