@@ -275,4 +275,4 @@ def test_every_entry_point_on_coco_configs(name, tmp_path):
          cwd=tmp_path)
     tool('analysis_tools/confusion_matrix.py', path, 'results.pkl', 'confusion', cwd=tmp_path)
     tool('analysis_tools/analyze_results.py', path, 'results.pkl', 'analyze', '--topk', '1',
-         cwd=tmp_path)
+         '--cfg-options', *weights, cwd=tmp_path)  # it builds a runner, hence the model

@@ -226,7 +226,27 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
     # a dynamic batch is traced with 2 images: traced with 1, some models' reshapes keep a
     # literal 1 (PVTv2's attention, DINO-Swin: measured) and fail on larger batches
     traced = max(batch, 2) if 'batch' in DYNAMIC[dynamic] else batch
-    example = torch.randint(0, 256, (traced, 3, *shape), dtype=torch.uint8,
+    program = _export_program(model, detector, traced, shape, dynamic_shapes, opset_version)
+    dynamic_axes, static = _dynamic_axes(program.model)
+    if 'batch' in static and traced != batch:
+        # the exporter fixed the batch at the traced size (DINO with Swin: measured): trace
+        # again with the batch asked for, so the graph takes what the caller said it would get
+        dynamic_shapes = ({**dynamic_shapes[0], 0: torch.export.Dim.STATIC}, )
+        program = _export_program(model, detector, batch, shape, dynamic_shapes, opset_version)
+        dynamic_axes, static = _dynamic_axes(program.model)
+    metadata = onnx_metadata(model)
+    metadata['dynamic_axes'] = json.dumps(dynamic_axes)
+    program.model.metadata_props.update(metadata)
+    program.save(str(out), external_data=False)
+    return ExportResult(path=Path(out), outputs=list(model.output_names), dynamic=dynamic_axes,
+                        static=static, metadata=metadata)
+
+
+def _export_program(model: nn.Module, detector: nn.Module, batch: int, shape: Sequence[int],
+                    dynamic_shapes: Tuple[Dict[int, Any]], opset_version: Optional[int]) -> Any:
+    """torch.export (non-strict) of `model` on a `(batch, 3, *shape)` uint8 example, then the
+    ONNX program; the exporter's errors as one ExportError naming the family and operation."""
+    example = torch.randint(0, 256, (batch, 3, *shape), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
@@ -245,13 +265,7 @@ def export_end2end(detector: nn.Module, out: Union[str, Path], shape: Sequence[i
         raise _failure(err, model.family, detector) from err
     if program is None:  # pragma: no cover - torch returns the program for dynamo=True
         raise RuntimeError('torch.onnx.export(dynamo=True) returned no program')
-    metadata = onnx_metadata(model)
-    dynamic_axes, static = _dynamic_axes(program.model)
-    metadata['dynamic_axes'] = json.dumps(dynamic_axes)
-    program.model.metadata_props.update(metadata)
-    program.save(str(out), external_data=False)
-    return ExportResult(path=Path(out), outputs=list(model.output_names), dynamic=dynamic_axes,
-                        static=static, metadata=metadata)
+    return program
 
 
 def run_end2end(path: Union[str, Path], images: Tensor) -> List[Tensor]:
