@@ -179,3 +179,16 @@ def test_backbone_exports_end_to_end(name, tmp_path, one_thread):
         assert_same_detections(run_end2end(result.path, images),
                                reference_detections(model, images))
     print(name, 'dynamic axes:', result.dynamic, 'static:', result.static)
+
+
+@pytest.mark.slow
+def test_dynamic_batch_only(tmp_path, one_thread):
+    """dynamic='batch' (what 'auto' picks for backbones that pad inside): height and width fixed
+    to the traced shape, any batch size runs and equals predict (an export: slow)."""
+    model = family_detector('retinanet-demo')
+    result = export_end2end(model, tmp_path / 'demo.onnx', (128, 160), dynamic='batch')
+    assert result.dynamic == ['batch'] and result.static == {'height': 128, 'width': 160}
+    for batch in (1, 3):
+        images = uint8_images(batch, (128, 160), seed=batch)
+        assert_same_detections(run_end2end(result.path, images),
+                               reference_detections(model, images))
