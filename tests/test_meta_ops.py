@@ -4,7 +4,7 @@ import pytest
 import timm
 import torch
 
-from timm_backbones._meta_ops import fast_meta, on_meta
+from timm_backbones._meta_ops import MadeOnCpu, fast_meta, on_meta
 
 aten = torch.ops.aten
 
@@ -92,6 +92,38 @@ def _cases():
     yield 'cat legacy empty 1d', aten.cat.default, ([_meta(2, 3), _meta(0)], 0), {}
     yield 'cat dtypes', aten.cat.default, ([_meta(2, 3), torch.empty(2, 3, device='meta',
                                                                      dtype=torch.half)],), {}
+    i = torch.empty(3, 4, dtype=torch.int64, device='meta')
+    col = torch.empty(3, 1, dtype=torch.int64, device='meta')
+    flags = torch.empty(3, 4, dtype=torch.bool, device='meta')
+    yield 'int add', aten.add.Tensor, (i, i), {}
+    yield 'int sub bcast', aten.sub.Tensor, (i, col), {}
+    yield 'int mul strided', aten.mul.Tensor, (i.t(), i.t()), {}
+    yield 'int add float alpha', aten.add.Tensor, (i, i), {'alpha': 0.5}  # torch refuses
+    yield 'int add int alpha', aten.add.Tensor, (i, i), {'alpha': 2}
+    yield 'int div', aten.div.Tensor, (i, i), {}  # true division: floats
+    yield 'int and int32', aten.add.Tensor, (i, i.to(torch.int32)), {}
+    yield 'bool sub', aten.sub.Tensor, (flags, flags), {}  # torch refuses
+    yield 'bool mul', aten.mul.Tensor, (flags, flags), {}
+    yield 'int abs', aten.abs.default, (i,), {}
+    yield 'int neg strided', aten.neg.default, (i.t(),), {}
+    yield 'bool neg', aten.neg.default, (flags,), {}  # torch refuses
+    yield 'float abs', aten.abs.default, (_meta(2, 3),), {}
+    yield 'mul number', aten.mul.Tensor, (_meta(2, 3, 4).transpose(1, 2), 0.25), {}
+    yield 'add int number', aten.add.Tensor, (_meta(2, 3), 2), {'alpha': 3}
+    yield 'int mul float number', aten.mul.Tensor, (i, 0.5), {}  # promotes: torch's kernel
+    yield 'int mul int number', aten.mul.Tensor, (i.t(), 3), {}
+    yield 'int div int number', aten.div.Tensor, (i, 3), {}
+    yield 'bool mul int number', aten.mul.Tensor, (flags, 3), {}
+    yield 'int add number float alpha', aten.add.Tensor, (i, 3), {'alpha': 0.5}
+    yield 'stack expanded', aten.stack.default, ([_meta(3, 1).expand(3, 4), _meta(1, 4).expand(3, 4)],), {}
+    yield 'half mul number', aten.mul.Tensor, (_meta(2, 3).half(), 1e6), {}
+    yield 'stack', aten.stack.default, ([i, i, i],), {}
+    yield 'stack dim -1', aten.stack.default, ([_meta(3, 4), _meta(3, 4)], -1), {}
+    yield 'stack 1d', aten.stack.default, ([_meta(5), _meta(5)], 1), {}
+    yield 'stack mismatch', aten.stack.default, ([_meta(3, 4), _meta(3, 5)],), {}
+    yield 'stack dtypes', aten.stack.default, ([i, i.to(torch.int32)],), {}
+    yield 'stack strided', aten.stack.default, ([i.t(), i.t()],), {}
+    yield 'stack 4d', aten.stack.default, ([_meta(2, 3, 4), _meta(2, 3, 4)], 1), {}
 
 
 @pytest.mark.parametrize('name,op,args,kwargs', list(_cases()),
@@ -161,6 +193,31 @@ def test_memoized_ops_follow_the_default_dtype():
         assert aten.div.Tensor(i, i).dtype == torch.float32
 
 
+@pytest.mark.parametrize('call', [lambda w: aten.normal_.default(w, 0.0, -1.0),
+                                  lambda w: aten.normal_.default(w, 0.0, float('nan')),
+                                  lambda w: aten.normal_.default(w, 0.0, 0.0),
+                                  lambda w: aten.normal_.default(w),
+                                  lambda w: aten.log_normal_.default(w, 1.0, 0.0),
+                                  lambda w: aten.log_normal_.default(w, 1.0, 0.5),
+                                  lambda w: aten.exponential_.default(w, 0.0),
+                                  lambda w: aten.exponential_.default(w),
+                                  lambda w: aten.bernoulli_.float(w, 2.0),
+                                  lambda w: aten.uniform_.default(w, 1.0, 0.0)])
+def test_fast_meta_random_fills_check_what_torch_checks(call):
+    # rule: in-place random fills return their input under fast_meta where torch's meta kernel
+    # accepts the arguments, and raise what torch raises where it does not
+    def outcome():
+        w = _meta(4, 3)
+        try:
+            return call(w) is w
+        except Exception as err:  # noqa: BLE001
+            return type(err)
+
+    expected = outcome()
+    with fast_meta():
+        assert outcome() == expected
+
+
 @pytest.mark.parametrize('op', [aten.hardswish_.default, aten.clamp_.default, aten.normal_.default,
                                 aten.uniform_.default, aten.zero_.default, aten.mul_.Scalar])
 def test_fast_meta_inplace_ops_return_their_input(op):
@@ -172,7 +229,8 @@ def test_fast_meta_inplace_ops_return_their_input(op):
 
 
 @pytest.mark.parametrize('name', ['mobilenetv3_large_100', 'convnext_atto', 'vit_tiny_patch16_224',
-                                  'swin_tiny_patch4_window7_224', 'levit_128'])
+                                  'swin_tiny_patch4_window7_224', 'levit_128',
+                                  'maxvit_tiny_tf_224', 'regnety_002'])
 def test_fast_meta_builds_and_forwards_like_torch(name):
     # rule: a model built and run under fast_meta has the parameters and outputs of one without
     kw = dict(features_only=True)
@@ -188,3 +246,63 @@ def test_fast_meta_builds_and_forwards_like_torch(name):
         expected = _meta_of(plain.eval()(x))
         with fast_meta():
             assert _meta_of(fast.eval()(x)) == expected
+
+
+def test_on_meta_skips_value_writes_but_not_their_errors():
+    # rule: under on_meta, writing values into a meta tensor (t[i, j] = 1, weight init) returns
+    # at once, but what torch refuses is still refused: an index out of range, an in-place
+    # write into a leaf that needs grad (with grad mode on), a write into an integer tensor
+    with on_meta():
+        t = torch.zeros(3, 4)
+        t[1, 2] = 1
+        t[-1] = 0.5
+        assert t.is_meta and t.shape == (3, 4)
+        with pytest.raises(IndexError):
+            t[3, 0] = 1
+        w = torch.nn.Parameter(torch.empty(4, 3))
+        assert torch.nn.init.kaiming_uniform_(w) is w  # nn.init writes under no_grad
+        for write in (lambda: w.fill_(1.0), w.zero_, w.normal_, lambda: w.clamp_(0, 1)):
+            with pytest.raises(RuntimeError, match='leaf Variable'):
+                write()
+            with torch.no_grad():
+                assert write() is w and w.is_meta
+    # the arguments torch checks on meta are checked alike (same outcome as torch's own)
+    def outcome(call):
+        w = torch.empty(4, 3, device='meta')
+        try:
+            with torch.no_grad():
+                return call(w) is w
+        except Exception as err:  # noqa: BLE001
+            return type(err)
+
+    calls = [lambda w: w.uniform_(1.0, 0.0), lambda w: w.uniform_(0.0, 1.0),
+             lambda w: w.normal_(0.0, -1.0), lambda w: w.normal_(std=2.0),
+             lambda w: w.clamp_(), lambda w: w.clamp_(max=1), lambda w: w.clamp_(None, None),
+             lambda w: w.fill_(torch.zeros(2, device='meta')), lambda w: w.fill_(3),
+             lambda w: w.mul_(2), lambda w: w.add_(1.0, alpha=2), lambda w: w.div_(0),
+             lambda w: w.mul_(torch.zeros(5, device='meta')), lambda w: w.erfinv_()]
+    expected = [outcome(c) for c in calls]
+    assert RuntimeError in expected and ValueError in expected and True in expected
+    with on_meta():
+        assert [outcome(c) for c in calls] == expected
+    with on_meta():
+        i = torch.zeros(2, dtype=torch.long)
+        i[0] = 1  # not a float tensor: torch's own path
+        assert i.is_meta
+
+
+def test_fast_meta_watching_for_cpu_tensors_stops_at_the_first():
+    # rule: fast_meta(watch_cpu=True) raises at the first tensor made on the CPU (a factory
+    # op, a tensor literal) and says so; ops on meta tensors pass
+    x = _meta(2, 3)
+    for make in (lambda: torch.zeros(3), lambda: torch.arange(4), lambda: torch.tensor([1.0]),
+                 lambda: torch.empty(2, device='cpu')):
+        watch = fast_meta(watch_cpu=True)
+        with pytest.raises(MadeOnCpu), watch:
+            (x * 2).sum()
+            make()
+        assert watch.made_cpu
+    watch = fast_meta(watch_cpu=True)
+    with watch:
+        assert (x.new_zeros(3) + torch.zeros(3, device='meta')).is_meta
+    assert not watch.made_cpu

@@ -104,3 +104,17 @@ def test_meta_forwards_make_their_tensors_on_the_meta_device(monkeypatch):
     clear_caches()
     plan = plan_backbone('convit_tiny', input_size=(448, 448))
     assert plan.fixed_size == (448, 448) and made and set(made) == {'meta'}
+
+
+@pytest.mark.parametrize('name', ['convit_tiny', 'eva02_tiny_patch14_224', 'levit_128',
+                                  'maxvit_tiny_tf_224', 'inception_v3', 'mobilevitv2_050'])
+def test_trial_forwards_without_the_default_device_give_what_on_meta_gives(name, monkeypatch):
+    # rule: trial forwards start without torch's default-device mode and fall back to on_meta
+    # at the first tensor a model makes on the CPU (ConViT's index tables, EVA's rotary
+    # embeddings): the plan is the one every forward under on_meta gives
+    clear_caches()
+    fast = plan_backbone(name)
+    monkeypatch.setattr(_probe._Trials, '_run', lambda self, hw: _probe._shapes_or_error(
+        self.model, self._input(hw), _probe.on_meta()))
+    clear_caches()
+    assert plan_backbone(name) == fast

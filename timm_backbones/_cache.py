@@ -60,6 +60,18 @@ class Memo:
             raise found.error.with_traceback(None)
         return found
 
+    MISSING = object()
+
+    def find(self, key: Hashable) -> Any:
+        """The result for `key` (a cached failure is raised), or `Memo.MISSING`."""
+        found = self._data.get(key, Memo.MISSING)
+        if found is Memo.MISSING:
+            return found
+        self._data.move_to_end(key)
+        if isinstance(found, _Failure):
+            raise found.error.with_traceback(None)
+        return found
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data
 

@@ -8,11 +8,12 @@ import contextlib
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
+from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._cache import Memo
 
-__all__ = ['fast_meta', 'on_meta']
+__all__ = ['fast_meta', 'on_meta', 'MadeOnCpu']
 
 
 @contextlib.contextmanager
@@ -24,19 +25,114 @@ def on_meta() -> Iterator[None]:
         >>> with on_meta():
         ...     model = timm.create_model('resnet18', features_only=True)
     """
-    with torch.device('meta'), fast_meta():
+    with _MetaDefault('meta'), fast_meta():
         yield
 
 
-def fast_meta() -> contextlib.AbstractContextManager:
+def fast_meta(watch_cpu: bool = False) -> '_FastMeta':
     """A context in which meta-device forwards skip torch's Python shape functions for the
     common shape-preserving ops (see `_FastMeta`); outputs are the same as without it.
+
+    Args:
+        watch_cpu: Stop at the first tensor made on the CPU (a factory op with no tensor in,
+            or a tensor literal): `MadeOnCpu` is raised there and the mode's `made_cpu` is
+            set. A forward that made none ran exactly as it would with the meta device as the
+            default (`on_meta`), without the cost of torch's default-device mode.
 
     Example:
         >>> with torch.no_grad(), fast_meta():
         ...     out = model(torch.empty(1, 3, 224, 224, device='meta'))
     """
-    return _FastMeta()
+    return _FastMeta(watch_cpu)
+
+
+class MadeOnCpu(RuntimeError):
+    """A tensor was made on the CPU under `fast_meta(watch_cpu=True)`."""
+
+
+def _noop_setitem(args: Sequence[Any]) -> bool:
+    """Whether `tensor[index] = value` only writes values: a meta float tensor that needs no
+    grad, int indices in range, a Python number (on the meta device there are no values)."""
+    if len(args) != 3:
+        return False
+    t, index, value = args
+    if not (isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and
+            not t.requires_grad and type(value) in (int, float)):
+        return False
+    index = index if type(index) is tuple else (index,)
+    return len(index) <= t.dim() and all(
+        type(i) is int and -n <= i < n for i, n in zip(index, t.shape))
+
+
+def _writable_meta(t: Any) -> bool:
+    """A meta float tensor that may be written in place (no grad needed, or grad mode off)."""
+    return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and (
+        not t.requires_grad or not torch.is_grad_enabled())
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float)
+
+
+def _arg(args: Sequence[Any], kwargs: Dict[str, Any], i: int, name: str, default: Any) -> Any:
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _noop_write(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
+    """Whether `func(*args, **kwargs)` only writes values into its first argument (a
+    writable meta float tensor) with arguments torch takes (checked as torch checks them):
+    `zero_`, `fill_(number)`, `uniform_(lo <= hi)`,
+    `normal_(mean, std >= 0)`, `erfinv_`, `mul_/add_/sub_/div_(number)`, `clamp_` with
+    number bounds."""
+    if not args or not _writable_meta(args[0]):
+        return False
+    rest = list(args[1:]) + list(kwargs.values())
+    if func in _PLAIN_WRITES:
+        return all(_number(v) for v in rest) and len(rest) <= 1
+    if func in _UNIFORM:
+        lo, hi = _arg(args, kwargs, 1, _UNIFORM[func][0], 0.0), \
+            _arg(args, kwargs, 2, _UNIFORM[func][1], 1.0)
+        return len(rest) <= 2 and _number(lo) and _number(hi) and lo <= hi
+    if func in _NORMAL:
+        mean, std = _arg(args, kwargs, 1, 'mean', 0.0), _arg(args, kwargs, 2, 'std', 1.0)
+        return len(rest) <= 2 and _number(mean) and _number(std) and std >= 0
+    if func in _ARITHMETIC:
+        return len(args) == 2 and _number(args[1]) and set(kwargs) <= {'alpha'} and all(
+            _number(v) for v in kwargs.values())
+    if func is _CLAMP:
+        bounds = list(args[1:]) + [kwargs[k] for k in ('min', 'max') if k in kwargs]
+        return len(bounds) <= 2 and set(kwargs) <= {'min', 'max'} and any(
+            v is not None for v in bounds) and all(v is None or _number(v) for v in bounds)
+    return False
+
+
+class _MetaDefault(DeviceContext):
+    """torch's default-device mode (`with torch.device('meta')`), where calls that only write
+    values into a meta tensor return at once (no values exist; torch would run each through
+    its meta kernels): assigning a number to elements (`t[i, j, k] = 1`, five aten ops, ~40 us
+    through `fast_meta`: MaxViT builds its relative-position lookup tables with ~2000 of them,
+    2/3 of its meta build), and the tensor methods weight initialisation calls (`zero_`,
+    `fill_`, `uniform_`, `normal_`, `mul_(std)`, `clamp_(lo, hi)`, ... on a tensor that may be
+    written in place, with arguments torch takes; their output is their input)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is _SETITEM:
+            if not kwargs and _noop_setitem(args):
+                return None
+        elif func in _WRITES and _noop_write(func, args, kwargs or {}):
+            return args[0]
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+_SETITEM = torch.Tensor.__setitem__
+# calls that write values into their first argument and return it (see `_noop_write`)
+# (`nn.init` functions reach the mode with their arguments as keywords and call these)
+_PLAIN_WRITES = frozenset([torch.Tensor.zero_, torch.Tensor.fill_, torch.Tensor.erfinv_])
+_UNIFORM = {torch.Tensor.uniform_: ('from', 'to')}
+_NORMAL = frozenset([torch.Tensor.normal_])
+_ARITHMETIC = frozenset(getattr(torch.Tensor, n) for n in ('mul_', 'add_', 'sub_', 'div_'))
+_CLAMP = torch.Tensor.clamp_
+_WRITES = _PLAIN_WRITES | set(_UNIFORM) | _NORMAL | _ARITHMETIC | {_CLAMP}
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:
@@ -77,12 +173,44 @@ def _inplace(func, args, kwargs):
     return NotImplemented
 
 
+# in-place random fills whose argument torch checks on meta: (position, name, default, test)
+_RANDOM_CHECKS = {
+    torch.ops.aten.normal_.default: (2, 'std', 1.0, lambda v: v >= 0),
+    torch.ops.aten.log_normal_.default: (2, 'std', 2.0, lambda v: v > 0),
+    torch.ops.aten.exponential_.default: (1, 'lambd', 1.0, lambda v: v > 0),
+}
+
+
+def _random_inplace(func, args, kwargs):
+    """normal_, log_normal_, exponential_: their input, where the argument torch checks
+    (std, lambd) passes torch's test; else torch's kernel (and its error)."""
+    i, name, default, test = _RANDOM_CHECKS[func]
+    value = args[i] if len(args) > i else kwargs.get(name, default)
+    if type(value) in (int, float) and test(value):
+        return _inplace(func, args, kwargs)
+    return NotImplemented
+
+
+def _int_meta(t: Any) -> bool:
+    return isinstance(t, torch.Tensor) and t.is_meta and not t.is_floating_point() and \
+        not t.is_complex() and t.dtype is not torch.bool
+
+
 def _binary(func, args, kwargs):
     """add/sub/mul/div of two tensors of one dtype: of one shape and layout (output laid out
-    alike), or both contiguous (broadcast, contiguous output)."""
+    alike), or both contiguous (broadcast, contiguous output); integer tensors for add/sub/mul
+    (an int alpha); a float tensor and a number (output laid out as the tensor)."""
     a, b = args[0], args[1]
-    if not (_float_meta(a) and _float_meta(b) and a.dtype == b.dtype) or any(
-            isinstance(v, torch.Tensor) for v in kwargs.values()):
+    if any(isinstance(v, torch.Tensor) for v in kwargs.values()) or len(args) > 2:
+        return NotImplemented
+    if type(b) in (int, float):
+        same = _float_meta(a) or (_int_meta(a) and type(b) is int and func not in _DIVISIONS
+                                  and type(kwargs.get('alpha', 1)) is int)
+        return _like(a) if same and _dense(a) else NotImplemented
+    if _int_meta(a) and _int_meta(b) and a.dtype == b.dtype:
+        if func in _DIVISIONS or type(kwargs.get('alpha', 1)) is not int:
+            return NotImplemented  # true division makes floats; torch refuses a float alpha
+    elif not (_float_meta(a) and _float_meta(b) and a.dtype == b.dtype):
         return NotImplemented
     if a.shape == b.shape and a.stride() == b.stride() and _dense(a):
         return _like(a)
@@ -93,6 +221,34 @@ def _binary(func, args, kwargs):
             return NotImplemented  # torch raises its own error
         return _new(a, shape)
     return NotImplemented
+
+
+def _int_unary(func, args, kwargs):
+    """abs/neg of an integer tensor: laid out as the input."""
+    x = args[0]
+    if _int_meta(x) and _dense(x) and len(args) == 1 and not kwargs:
+        return _like(x)
+    return NotImplemented
+
+
+def _stack(func, args, kwargs):
+    """stack of tensors of one shape and dtype, up to 3-d out: contiguous (torch's reference
+    cats them, which makes a contiguous output unless all are channels-last: 4-d)."""
+    tensors = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get('dim', 0)
+    if len(args) > 2 or set(kwargs) - {'dim'} or not isinstance(tensors, (list, tuple)) or \
+            not tensors or not isinstance(dim, int):
+        return NotImplemented
+    first = tensors[0]
+    if not all(isinstance(t, torch.Tensor) and t.is_meta and t.dtype == first.dtype and
+               t.shape == first.shape for t in tensors):
+        return NotImplemented
+    n = first.dim() + 1
+    if n > 3 or not -n <= dim < n:
+        return NotImplemented
+    shape = list(first.shape)
+    shape.insert(dim % n, len(tensors))
+    return _new(first, shape)
 
 
 def _mean(func, args, kwargs):
@@ -214,6 +370,9 @@ def _cat(func, args, kwargs):
     return _new(first, shape)
 
 
+_DIVISIONS = (torch.ops.aten.div.Tensor,)
+
+
 def _fast_ops() -> Dict[Any, Callable]:
     aten = torch.ops.aten
     table: Dict[Any, Callable] = {}
@@ -227,11 +386,18 @@ def _fast_ops() -> Dict[Any, Callable]:
         table[getattr(aten, name).Scalar] = _unary
         table[getattr(aten, name).Tensor] = _binary
         table[getattr(aten, name + '_').Scalar] = _inplace
+    # float ops first: abs and neg of integer tensors (relative-position tables) are extra
+    for op in (aten.abs.default, aten.neg.default):
+        table[op] = lambda func, args, kwargs: (
+            _unary(func, args, kwargs) if _float_meta(args[0]) else
+            _int_unary(func, args, kwargs))
+    table[aten.stack.default] = _stack
     # weight initialisation while a model is built (trunc_normal_, kaiming_uniform_, zeros_, ...)
-    for op in (aten.normal_.default, aten.uniform_.default, aten.erfinv_.default,
-               aten.fill_.Scalar, aten.zero_.default, aten.exponential_.default,
-               aten.log_normal_.default, aten.bernoulli_.float):
+    for op in (aten.uniform_.default, aten.erfinv_.default, aten.fill_.Scalar,
+               aten.zero_.default, aten.bernoulli_.float):
         table[op] = _inplace
+    for op in _RANDOM_CHECKS:
+        table[op] = _random_inplace
     table.update({aten.native_batch_norm.default: _batch_norm,
                   aten._native_batch_norm_legit_no_training.default: _batch_norm,
                   aten.native_layer_norm.default: _layer_norm,
@@ -256,12 +422,21 @@ def _signature(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         if not value.is_meta:
             raise _Unkeyable  # a real tensor: its values may matter
-        return value.dtype, tuple(value.shape), value.stride()
+        return value.dtype, value.shape, value.stride()  # torch.Size hashes as its tuple
     if isinstance(value, (list, tuple)):
-        return tuple(_signature(v) for v in value)
+        return tuple([_signature(v) for v in value])
     if isinstance(value, _SCALARS):
         return type(value), value
     raise _Unkeyable
+
+
+def _takes_tensors(args: Sequence[Any]) -> bool:
+    """Whether an op's positional arguments hold a tensor (or a list starting with one)."""
+    for a in args:
+        if isinstance(a, torch.Tensor) or (
+                isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)):
+            return True
+    return False
 
 
 _KINDS: Dict[Any, Optional[str]] = {}
@@ -271,6 +446,9 @@ def _kind(func: Any) -> Optional[str]:
     """'fresh' for an op whose one Tensor result is a new tensor (no argument or result is an
     alias), 'self' for an in-place op returning its first argument, None otherwise (views, out=
     variants, several results)."""
+    kind = _KINDS.get(func, False)
+    if kind is not False:
+        return kind
     if func not in _KINDS:
         schema = func._schema
         rets, args = schema.returns, schema.arguments
@@ -303,15 +481,17 @@ def _memoized(func, args, kwargs):
     is memoized only where it left its input's shape, strides and offset as they were. The first call of a signature runs
     torch's kernel (and a failing call always does); later ones make its output directly."""
     kind = _kind(func)
-    if kind is None or not any(isinstance(a, torch.Tensor) or (
-            isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)) for a in args):
-        return NotImplemented  # factories (no tensor in): nothing to gain
+    if kind is None or not _takes_tensors(args):
+        return NotImplemented  # views, factories (no tensor in): nothing to gain
     try:
         # the default dtype: integer division and a few others make tensors of it
         key = (func, torch.get_default_dtype(), _signature(args),
-               _signature(tuple(sorted(kwargs.items()))))
+               _signature(tuple(sorted(kwargs.items()))) if kwargs else ())
     except _Unkeyable:
         return NotImplemented
+    layout = _LAYOUTS.find(key)
+    if layout is not _LAYOUTS.MISSING:  # the common case: made without a closure
+        return _from_layout(layout, args)
     ran = []
 
     def run():
@@ -329,6 +509,10 @@ def _memoized(func, args, kwargs):
     layout = _LAYOUTS.get(key, run)
     if ran:
         return ran[0]
+    return _from_layout(layout, args)
+
+
+def _from_layout(layout: Any, args: Sequence[Any]) -> Any:
     if layout is None:
         return NotImplemented
     if layout == 'self':
@@ -361,8 +545,23 @@ class _FastMeta(TorchDispatchMode):
         # most of what this mode costs; nothing under this mode is compiled
         return False
 
+    def __init__(self, watch_cpu: bool = False) -> None:
+        super().__init__()
+        self.watch_cpu = watch_cpu
+        self.made_cpu = False
+
+    def _check_cpu(self, func, args, kwargs) -> None:
+        device = kwargs.get('device')
+        if (isinstance(device, torch.device) and device.type == 'cpu' and not any(
+                isinstance(a, torch.Tensor) for a in args)) or (
+                func in _LIFTS and args and args[0].device.type == 'cpu'):
+            self.made_cpu = True
+            raise MadeOnCpu(f'{func} made a tensor on the CPU')
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.watch_cpu and ('device' in kwargs or func in _LIFTS):
+            self._check_cpu(func, args, kwargs)
         if not _FastMeta._ops:
             _FastMeta._ops = _fast_ops()
         handler = _FastMeta._ops.get(func)
@@ -370,7 +569,11 @@ class _FastMeta(TorchDispatchMode):
             out = handler(func, args, kwargs)
             if out is not NotImplemented:
                 return out
-        out = _memoized(func, args, kwargs)
-        if out is not NotImplemented:
-            return out
+        if _kind(func) is not None:  # views go straight to torch
+            out = _memoized(func, args, kwargs)
+            if out is not NotImplemented:
+                return out
         return func(*args, **kwargs)
+
+
+_LIFTS = (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default)
