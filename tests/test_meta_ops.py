@@ -261,6 +261,10 @@ def test_on_meta_skips_value_writes_but_not_their_errors():
             t[3, 0] = 1
         w = torch.nn.Parameter(torch.empty(4, 3))
         assert torch.nn.init.kaiming_uniform_(w) is w  # nn.init writes under no_grad
+        with pytest.raises(RuntimeError, match='leaf Variable'):
+            w[0, 0] = 1.0
+        with torch.no_grad():
+            w[0, 0] = 1.0
         for write in (lambda: w.fill_(1.0), w.zero_, w.normal_, lambda: w.clamp_(0, 1)):
             with pytest.raises(RuntimeError, match='leaf Variable'):
                 write()

@@ -50,20 +50,6 @@ class MadeOnCpu(RuntimeError):
     """A tensor was made on the CPU under `fast_meta(watch_cpu=True)`."""
 
 
-def _noop_setitem(args: Sequence[Any]) -> bool:
-    """Whether `tensor[index] = value` only writes values: a meta float tensor that needs no
-    grad, int indices in range, a Python number (on the meta device there are no values)."""
-    if len(args) != 3:
-        return False
-    t, index, value = args
-    if not (isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and
-            not t.requires_grad and type(value) in (int, float)):
-        return False
-    index = index if type(index) is tuple else (index,)
-    return len(index) <= t.dim() and all(
-        type(i) is int and -n <= i < n for i, n in zip(index, t.shape))
-
-
 def _writable_meta(t: Any) -> bool:
     """A meta float tensor that may be written in place (no grad needed, or grad mode off)."""
     return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and (
@@ -74,13 +60,27 @@ def _number(v: Any) -> bool:
     return type(v) in (int, float)
 
 
+def _noop_setitem(args: Sequence[Any]) -> bool:
+    """Whether `tensor[index] = value` only writes values: a writable meta float tensor, int
+    indices in range, a Python number (on the meta device there are no values)."""
+    if len(args) != 3:
+        return False
+    t, index, value = args
+    if not (_writable_meta(t) and _number(value)):
+        return False
+    index = index if type(index) is tuple else (index,)
+    return len(index) <= t.dim() and all(
+        type(i) is int and -n <= i < n for i, n in zip(index, t.shape))
+
+
 def _arg(args: Sequence[Any], kwargs: Dict[str, Any], i: int, name: str, default: Any) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
 def _noop_write(func: Any, args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
     """Whether `func(*args, **kwargs)` only writes values into its first argument (a
-    writable meta float tensor) with arguments torch takes (checked as torch checks them):
+    writable meta float tensor) with arguments torch takes (checked at least as strictly as
+    torch checks them on meta):
     `zero_`, `fill_(number)`, `uniform_(lo <= hi)`,
     `normal_(mean, std >= 0)`, `erfinv_`, `mul_/add_/sub_/div_(number)`, `clamp_` with
     number bounds."""
@@ -185,8 +185,8 @@ def _random_inplace(func, args, kwargs):
     """normal_, log_normal_, exponential_: their input, where the argument torch checks
     (std, lambd) passes torch's test; else torch's kernel (and its error)."""
     i, name, default, test = _RANDOM_CHECKS[func]
-    value = args[i] if len(args) > i else kwargs.get(name, default)
-    if type(value) in (int, float) and test(value):
+    value = _arg(args, kwargs, i, name, default)
+    if _number(value) and test(value):
         return _inplace(func, args, kwargs)
     return NotImplemented
 
@@ -447,9 +447,7 @@ def _kind(func: Any) -> Optional[str]:
     alias), 'self' for an in-place op returning its first argument, None otherwise (views, out=
     variants, several results)."""
     kind = _KINDS.get(func, False)
-    if kind is not False:
-        return kind
-    if func not in _KINDS:
+    if kind is False:
         schema = func._schema
         rets, args = schema.returns, schema.arguments
         kind = None
@@ -461,7 +459,7 @@ def _kind(func: Any) -> Optional[str]:
                     rets[0].alias_info is not None:
                 kind = 'self'
         _KINDS[func] = kind
-    return _KINDS[func]
+    return kind
 
 
 def _metadata(t: Any) -> Any:
@@ -552,8 +550,8 @@ class _FastMeta(TorchDispatchMode):
 
     def _check_cpu(self, func, args, kwargs) -> None:
         device = kwargs.get('device')
-        if (isinstance(device, torch.device) and device.type == 'cpu' and not any(
-                isinstance(a, torch.Tensor) for a in args)) or (
+        if (isinstance(device, torch.device) and device.type == 'cpu' and
+                not _takes_tensors(args)) or (
                 func in _LIFTS and args and args[0].device.type == 'cpu'):
             self.made_cpu = True
             raise MadeOnCpu(f'{func} made a tensor on the CPU')
@@ -569,10 +567,9 @@ class _FastMeta(TorchDispatchMode):
             out = handler(func, args, kwargs)
             if out is not NotImplemented:
                 return out
-        if _kind(func) is not None:  # views go straight to torch
-            out = _memoized(func, args, kwargs)
-            if out is not NotImplemented:
-                return out
+        out = _memoized(func, args, kwargs)
+        if out is not NotImplemented:
+            return out
         return func(*args, **kwargs)
 
 
