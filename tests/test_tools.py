@@ -2,6 +2,7 @@
 (ResNet-18 RetinaNet at 128x128 on a few generated images), and a resumed run ends with exactly
 the weights of an uninterrupted one."""
 import importlib.util
+import json
 import os
 import pickle
 import subprocess
@@ -205,3 +206,21 @@ def test_config_syntax_error_names_the_file(tmp_path, script):
                           text=True, timeout=TIMEOUT)
     assert proc.returncode != 0
     assert f'(in the config file {config}, line 1)' in proc.stderr.splitlines()[-1]
+
+
+def test_specs_speed_times_both_sides_per_round(tmp_path):
+    # rule: tools/specs_speed.py times a cold feature_specs and a raw timm meta build in fresh
+    # processes; a model's ratio is its median specs time over its median raw time, reported
+    # with the range of the per-round ratios (with 2 rounds the median is the mean, whose ratio
+    # lies within that range)
+    out = tmp_path / 'speed.json'
+    log = run([sys.executable, os.path.join(ROOT, 'tools', 'specs_speed.py'), '--models',
+               'resnet18', '--rounds', '2', '--json', str(out)])
+    found = json.loads(out.read_text())
+    row = found['models']['resnet18']
+    low, high = row['round_ratios']
+    assert 0 < row['raw_s'] and 0 < row['specs_s']
+    assert abs(row['ratio'] - row['specs_s'] / row['raw_s']) < 0.01
+    assert low - 0.01 <= row['ratio'] <= high + 0.01
+    assert found['summary']['models'] == 1 and found['summary']['median_ratio'] == row['ratio']
+    assert 'resnet18' in log and 'per round' in log

@@ -6,6 +6,11 @@ Times are the CPU time of the timed call (`time.process_time`, one thread): on a
 wall-clock times of sub-second calls swing with the other processes' load; CPU time does not
 (much). `--wall` times wall-clock instead.
 
+A fresh process's times swing from run to run (a 0.05 s raw build by +-10 %), so a ratio from
+3 rounds can be off by 0.3 for a small model: each model's ratio is the median of its rounds'
+times, and the range of the per-round ratios (each round's specs time over its raw time, taken
+side by side) is printed with it.
+
 Example:
     python tools/specs_speed.py                       # the default varied set, 3 rounds
     python tools/specs_speed.py --models resnet18 vit_small_patch16_224 --rounds 5
@@ -68,7 +73,7 @@ def _run(name: str, mode: str, source: Optional[str]) -> float:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=MODELS)
-    parser.add_argument('--rounds', type=int, default=3,
+    parser.add_argument('--rounds', type=int, default=5,
                         help='fresh-process pairs per model (the median is used)')
     parser.add_argument('--source', help='a source tree whose timm_backbones is timed instead')
     parser.add_argument('--baseline', help='another source tree (e.g. the code before a change), '
@@ -79,8 +84,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     global _CLOCK
     _CLOCK = 'perf_counter' if args.wall else 'process_time'
     rows: Dict[str, Dict[str, float]] = {}
-    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s}"
-          + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
+    print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s} "
+          f"{'per round':>11s}" + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
     for name in args.models:
         raw, specs, base = [], [], []
         for _ in range(args.rounds):  # alternate, so load changes hit all alike
@@ -89,8 +94,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             if args.baseline:
                 base.append(_run(name, 'specs', args.baseline))
         r, s = statistics.median(raw), statistics.median(specs)
-        rows[name] = dict(raw_s=round(r, 4), specs_s=round(s, 4), ratio=round(s / r, 2))
-        line = f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f}'
+        per_round = sorted(b / a for a, b in zip(raw, specs))
+        rows[name] = dict(raw_s=round(r, 4), specs_s=round(s, 4), ratio=round(s / r, 2),
+                          round_ratios=[round(per_round[0], 2), round(per_round[-1], 2)])
+        line = (f'{name:32s} {r:12.3f} {s:18.3f} {s / r:6.2f} '
+                f'{per_round[0]:5.2f}-{per_round[-1]:<5.2f}')
         if base:
             b = statistics.median(base)
             rows[name].update(baseline_s=round(b, 4), baseline_ratio=round(b / r, 2))
