@@ -51,7 +51,8 @@ def _cases():
         yield 'batch_norm legit', aten._native_batch_norm_legit_no_training.default, \
             (x, None, None, v, v, 0.1, 1e-5), {}
         last = x.shape[-1]
-        yield 'layer_norm', aten.native_layer_norm.default, (x, [last], _meta(last), None, 1e-6), {}
+        yield 'layer_norm', aten.native_layer_norm.default, \
+            (x, [last], _meta(last), None, 1e-6), {}
         yield 'layer_norm 2d', aten.native_layer_norm.default, (x, list(x.shape[-2:]), None,
                                                                 None, 1e-6), {}
         yield 'softmax', aten._softmax.default, (x, -1, False), {}
@@ -115,7 +116,8 @@ def _cases():
     yield 'int div int number', aten.div.Tensor, (i, 3), {}
     yield 'bool mul int number', aten.mul.Tensor, (flags, 3), {}
     yield 'int add number float alpha', aten.add.Tensor, (i, 3), {'alpha': 0.5}
-    yield 'stack expanded', aten.stack.default, ([_meta(3, 1).expand(3, 4), _meta(1, 4).expand(3, 4)],), {}
+    yield 'stack expanded', aten.stack.default, \
+        ([_meta(3, 1).expand(3, 4), _meta(1, 4).expand(3, 4)],), {}
     yield 'half mul number', aten.mul.Tensor, (_meta(2, 3).half(), 1e6), {}
     yield 'stack', aten.stack.default, ([i, i, i],), {}
     yield 'stack dim -1', aten.stack.default, ([_meta(3, 4), _meta(3, 4)], -1), {}

@@ -20,6 +20,13 @@ class _Failure:
         self.error = error
 
 
+def _result(found: Any) -> Any:
+    """`found`, or its exception raised (without the traceback of the first failure)."""
+    if isinstance(found, _Failure):
+        raise found.error.with_traceback(None)
+    return found
+
+
 class Memo:
     """Results by key, least recently used first out once `size` is reached; exceptions of the
     `failures` types are cached too and raised again on every lookup of their key.
@@ -43,12 +50,12 @@ class Memo:
         self._data: 'OrderedDict[Hashable, Any]' = OrderedDict()
         _MEMOS.append(self)
 
+    MISSING = object()
+
     def get(self, key: Hashable, compute: Callable[[], _T]) -> _T:
         """The result for `key`, computed by `compute()` the first time."""
-        if key in self._data:
-            self._data.move_to_end(key)
-            found = self._data[key]
-        else:
+        found = self.find(key)
+        if found is Memo.MISSING:
             try:
                 found = compute()
             except self.failures as err:
@@ -56,21 +63,14 @@ class Memo:
             self._data[key] = found
             while len(self._data) > self.size:
                 self._data.popitem(last=False)
-        if isinstance(found, _Failure):
-            raise found.error.with_traceback(None)
-        return found
-
-    MISSING = object()
+        return _result(found)
 
     def find(self, key: Hashable) -> Any:
         """The result for `key` (a cached failure is raised), or `Memo.MISSING`."""
         found = self._data.get(key, Memo.MISSING)
-        if found is Memo.MISSING:
-            return found
-        self._data.move_to_end(key)
-        if isinstance(found, _Failure):
-            raise found.error.with_traceback(None)
-        return found
+        if found is not Memo.MISSING:
+            self._data.move_to_end(key)
+        return _result(found)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._data

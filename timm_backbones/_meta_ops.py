@@ -476,8 +476,9 @@ def _memoized(func, args, kwargs):
     """A functional or in-place op on meta tensors, from the output layout torch's own meta
     kernel gave for the same op and argument signature (shapes, strides, dtypes and other
     arguments, and the default dtype): on meta, outputs depend on nothing else. An in-place op
-    is memoized only where it left its input's shape, strides and offset as they were. The first call of a signature runs
-    torch's kernel (and a failing call always does); later ones make its output directly."""
+    is memoized only where it left its input's shape, strides and offset as they were. The
+    first call of a signature runs torch's kernel (and a failing call always does); later ones
+    make its output directly."""
     kind = _kind(func)
     if kind is None or not _takes_tensors(args):
         return NotImplemented  # views, factories (no tensor in): nothing to gain

@@ -12,7 +12,7 @@ times, and the range of the per-round ratios (each round's specs time over its r
 side by side) is printed with it.
 
 Example:
-    python tools/specs_speed.py                       # the default varied set, 3 rounds
+    python tools/specs_speed.py                       # the default varied set, 5 rounds
     python tools/specs_speed.py --models resnet18 vit_small_patch16_224 --rounds 5
     python tools/specs_speed.py --source /tmp/old     # another checkout's timm_backbones
     python tools/specs_speed.py --baseline /tmp/old   # and before/after, side by side
@@ -85,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     _CLOCK = 'perf_counter' if args.wall else 'process_time'
     rows: Dict[str, Dict[str, float]] = {}
     print(f"{'model':32s} {'raw timm (s)':>12s} {'feature_specs (s)':>18s} {'ratio':>6s} "
-          f"{'per round':>11s}" + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
+          f"{'per round':>11s}"
+          + (f" {'baseline (s)':>13s} {'ratio':>6s}" if args.baseline else ''))
     for name in args.models:
         raw, specs, base = [], [], []
         for _ in range(args.rounds):  # alternate, so load changes hit all alike
