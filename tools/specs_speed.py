@@ -6,8 +6,8 @@ Times are the CPU time of the timed call (`time.process_time`, one thread): on a
 wall-clock times of sub-second calls swing with the other processes' load; CPU time does not
 (much). `--wall` times wall-clock instead.
 
-A fresh process's times swing from run to run (a 0.05 s raw build by +-10 %), so a ratio from
-3 rounds can be off by 0.3 for a small model: each model's ratio is the median of its rounds'
+A fresh process's times swing from run to run (resnet18's per-round ratios over 7 rounds:
+0.73-1.92), so a ratio from 3 rounds can be off by 0.3 for a small model: each model's ratio is the median of its rounds'
 times, and the range of the per-round ratios (each round's specs time over its raw time, taken
 side by side) is printed with it.
 
