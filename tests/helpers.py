@@ -296,16 +296,6 @@ def uint8_images(batch, size, seed=0):
     return images.clamp(0, 255).to(torch.uint8)
 
 
-def contiguous_neck_outputs(model):
-    """A forward hook making the neck's maps contiguous: mmcv's CPU RoIAlign reads channels-last
-    maps (ConvNeXt, Swin backbones through an FPN) as if they were NCHW-contiguous and returns
-    wrong features (measured: mmcv 2.1.0), so `predict` of such two-stage detectors is the
-    reference only with contiguous maps. The end-to-end graph (torchvision's roi_align) is
-    correct either way."""
-    return model.neck.register_forward_hook(
-        lambda module, args, out: tuple(o.contiguous() for o in out))
-
-
 def reference_detections(model, images):
     """mmdet's own `test_step` (data preprocessor + `predict`) on each uint8 image, one at a
     time: a list of `pred_instances` (scale factor 1: input coordinates)."""

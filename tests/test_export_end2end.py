@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from helpers import (DEMO_CONFIG, FAMILIES, ROOT, assert_same_detections, contiguous_neck_outputs,
-                     family_detector, reference_detections, run_tool, uint8_images)
+from helpers import (DEMO_CONFIG, FAMILIES, ROOT, assert_same_detections, family_detector,
+                     reference_detections, run_tool, uint8_images)
 from timm_backbones.deploy import ExportError, export_end2end, read_metadata, run_end2end
 
 CLASSES = ['circle', 'square', 'triangle', 'star', 'cross']
@@ -63,8 +63,6 @@ def export_and_compare(family, tmp_path, size, **options):
     """Export `family` end to end, run it in onnxruntime on two images and compare with
     predict; returns (detections compared, export result)."""
     model = family_detector(family, **options)
-    if family == 'mask-rcnn':  # mmcv's RoIAlign misreads channels-last maps (see helpers)
-        contiguous_neck_outputs(model)
     result = export_end2end(model, tmp_path / f'{family}.onnx', size)
     images = uint8_images(2, size, seed=3)
     if result.static.get('batch') == 1:  # a graph for single images: one at a time

@@ -14,8 +14,8 @@ from mmcv.transforms import Compose
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
-from helpers import (DEMO_CONFIG, FAMILIES, ROOT, assert_same_detections, contiguous_neck_outputs,
-                     family_detector, run_tool)
+from helpers import (DEMO_CONFIG, FAMILIES, ROOT, assert_same_detections, family_detector,
+                     run_tool)
 from timm_backbones.deploy import OnnxDetector, export_end2end, onnx_test_config
 
 TEST_PY = os.path.join(ROOT, 'tools', 'test.py')
@@ -128,7 +128,6 @@ def test_mask_rcnn_onnx_masks_as_predict(tmp_path, one_thread):
     """Mask R-CNN (shipped config) through OnnxDetector at scale factors != 1: boxes and pasted
     masks equal predict's (an export: minutes)."""
     model = family_detector('mask-rcnn')
-    contiguous_neck_outputs(model)  # mmcv's RoIAlign misreads channels-last maps (helpers)
     export_end2end(model, tmp_path / 'mask.onnx', (160, 192))
     cfg = Config.fromfile(os.path.join(ROOT, 'configs', FAMILIES['mask-rcnn'][0]))
     cfg.test_dataloader.dataset.pipeline[1]['scale'] = (192, 160)  # Resize: keep it small

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ._blocks import mark_blocks
 from ._freeze import freeze_stages
+from ._mmcv_layout import contiguous_mmcv_inputs
 from ._names import unwrapped_name
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
 from ._options import (check_bool, check_frozen_stages, check_init_cfg, check_pretrained,
@@ -163,6 +164,9 @@ class TimmBackbone(BaseModule):
         self.channels_last = channels_last
         if channels_last:  # after the converters, which replace modules
             self.to(memory_format=torch.channels_last)
+        # channels-last maps (this option, or `detector.to(memory_format=...)`) reach mmcv's
+        # compiled ops through the neck: make them read contiguous copies (`_mmcv_layout.py`)
+        contiguous_mmcv_inputs()
         if compile_args is not None:
             self.compile(**compile_args)
 
@@ -236,7 +240,8 @@ class TimmBackbone(BaseModule):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Feature maps (NCHW) of the requested levels (or pyramid strides), in that order,
-        each exactly ceil(input / stride) in size.
+        each exactly ceil(input / stride) in size and laid out as `memory_format` says
+        (NCHW-contiguous by default, whatever layout timm computed in).
 
         Inputs are zero-padded bottom/right, as mmdet pads batches, where the model needs it
         (`BackbonePlan.run_size`: sides to a multiple of `exact_divisor`, at which its maps
@@ -260,15 +265,26 @@ class TimmBackbone(BaseModule):
             # hand their maps on in the input's dtype
             feats = [f.to(x.dtype) for f in feats]
         if self.plan.output_format == 'NHWC':
-            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+            feats = [f.permute(0, 3, 1, 2) for f in feats]  # laid out below, copied once
         outs = tuple(feats[i] for i in self._order)
         if self.pyramid is not None:
-            return self.pyramid(outs, hw)
-        return tuple(self._crop(o, s.stride, hw) for o, s in zip(outs, self.feature_specs))
+            outs = self.pyramid(outs, hw)
+        else:
+            outs = tuple(self._crop(o, s.stride, hw) for o, s in zip(outs, self.feature_specs))
+        return tuple(o.contiguous(memory_format=self.memory_format) for o in outs)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """How every output map is laid out in memory (the layout contract): NCHW-contiguous,
+        as mmdet's own backbones lay theirs out, or channels-last with `channels_last=True`.
+        mmcv's compiled ops read raw memory as NCHW-contiguous whatever the strides (mmcv
+        issue #2203), so the default never hands them another layout; with channels-last maps
+        the ops' inputs are made contiguous where they are read (`_mmcv_layout.py`)."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _crop(self, out: Tensor, stride: int, hw: Tuple[int, int]) -> Tensor:
-        """The map of the input without the maps of the padding: ceil(input / stride), laid out
-        as the backbone's outputs are (contiguous, or channels-last)."""
+        """The map of the input without the maps of the padding: ceil(input / stride) (a view;
+        `forward` lays it out)."""
         h, w = math.ceil(hw[0] / stride), math.ceil(hw[1] / stride)
         if out.shape[-2] < h or out.shape[-1] < w:  # the plan promised maps covering the input
             raise RuntimeError(
@@ -278,10 +294,7 @@ class TimmBackbone(BaseModule):
                 f'(exact_divisor={self.plan.exact_divisor}, margin={self.plan.margin}) does not '
                 f'fit this model. This is a bug in timm_backbones; please report it with the '
                 f'model name and the input size.')
-        if (out.shape[-2], out.shape[-1]) == (h, w):
-            return out
-        layout = torch.channels_last if self.channels_last else torch.contiguous_format
-        return out[..., :h, :w].contiguous(memory_format=layout)
+        return out[..., :h, :w]
 
     def _check_input(self, x: Tensor) -> None:
         """An NCHW image batch with `in_channels` channels."""

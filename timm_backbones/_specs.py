@@ -6,9 +6,10 @@ A spec is plain data, immutable, one per level, kept in output order (a tuple, n
 """
 from dataclasses import dataclass
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 __all__ = ['FeatureSpec', 'SpecTuple', 'format_specs', 'size_near', 'SIZE_SLACK', 'round_up',
+           'check_layout',
            'check_maps']
 
 
@@ -83,6 +84,27 @@ def check_maps(shapes: Sequence[Sequence[int]], specs: Sequence[FeatureSpec],
             raise ValueError(f'{what}: map {i} is {tuple(shape)}, expected {spec.channels} '
                              f'channels and {"" if exact else "about "}{expected or "any size"} '
                              f'at stride {spec.stride} for an input of {size[0]}x{size[1]}')
+
+
+def check_layout(maps: Sequence[Any], what: str,
+                 memory_format: Any = None) -> None:
+    """Each map is laid out in memory as `memory_format` says (default NCHW-contiguous, as
+    mmdet's own backbones lay theirs out: mmcv's compiled ops read raw memory). Reads strides
+    only, so it checks meta-device maps too.
+
+    Raises:
+        ValueError: Naming `what`, the map, its strides and the layout expected.
+
+    Example:
+        >>> check_layout([torch.empty(1, 8, 4, 4)], 'backbone')
+    """
+    import torch
+    memory_format = memory_format or torch.contiguous_format
+    for i, m in enumerate(maps):
+        if not m.is_contiguous(memory_format=memory_format):
+            raise ValueError(f'{what}: map {i} {tuple(m.shape)} has strides {m.stride()}, not '
+                             f'{str(memory_format).replace("torch.", "")} (the layout '
+                             f'contract: mmcv\'s ops read raw memory as that)')
 
 
 def round_up(value: int, divisor: int) -> int:

@@ -8,7 +8,9 @@ family's config with the architecture as backbone is resolved (`resolve_config`)
 detector is built, and it runs at two detection-sized, non-square images (`CHECK_SIZES`, one
 with sides that are not multiples of 32): the backbone at the image size and at the size the
 config's data preprocessor pads it to, the neck and the dense heads at the padded size. Every
-map must be exactly ceil(input / stride) for the levels the wiring predicted. Outcomes:
+map must be exactly ceil(input / stride) for the levels the wiring predicted, and every backbone
+map NCHW-contiguous (the layout contract, `_specs.check_layout`; meta tensors have strides).
+Outcomes:
 'ok'; 'rejected' (resolve_config or the backbone refused the architecture up front with a clear
 error of ours); 'failed' (anything else: a wiring bug to fix). Segmentation families (mmseg) are
 checked the same way (`check_seg_family`): backbone, neck and every decode and auxiliary head.
@@ -28,7 +30,7 @@ from ._plan import plan_backbone
 from ._meta_ops import fast_meta, on_meta
 from ._probe import supports_kwargs
 from ._cache import Memo
-from ._specs import FeatureSpec, check_maps, round_up
+from ._specs import FeatureSpec, check_layout, check_maps, round_up
 
 __all__ = ['DetectorFamily', 'FAMILIES', 'MATRIX_FAMILIES', 'DETECTION_SIZES', 'CHECK_SIZES',
            'STATUSES',
@@ -138,7 +140,8 @@ def check_family(family: str, arch: str,
     """`arch` in a detector family, on the meta device: resolve, build the whole detector, and
     for each image size (default: the family's `CHECK_SIZES`) run the backbone at that size and
     at the size the config pads it to, then the neck and the dense heads on the padded maps;
-    every map must be exactly ceil(input / stride) (`check_maps(exact=True)`).
+    every map must be exactly ceil(input / stride) (`check_maps(exact=True)`), every backbone
+    map NCHW-contiguous (`check_layout`).
 
     Example:
         >>> check_family('retinanet', 'resnet18').status
@@ -165,6 +168,7 @@ def check_family(family: str, arch: str,
                         maps[hw] = detector.backbone(torch.empty(1, 3, *hw, device='meta'))
                     check_maps([f.shape for f in maps[hw]], specs, hw, f'{family} backbone',
                                exact=True)
+                    check_layout(maps[hw], f'{family} backbone')
                 feats = detector.neck(maps[padded]) if detector.with_neck else maps[padded]
                 check_maps([f.shape for f in feats], levels, padded, f'{family} neck',
                            exact=True)
@@ -216,6 +220,7 @@ def check_seg_family(family: str, arch: str, size: Optional[Tuple[int, int]] = N
             with torch.no_grad(), fast_meta():
                 if padded not in maps:
                     maps[padded] = segmentor.backbone(torch.empty(1, 3, *padded, device='meta'))
+                    check_layout(maps[padded], f'{family} backbone')
                 feats = segmentor.neck(maps[padded]) if segmentor.with_neck else maps[padded]
                 check_maps([f.shape for f in feats], levels, padded, f'{family} neck')
             return feats
