@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo demo-seg compatibility specs-speed
+.PHONY: install test test-slow test-gpu demo demo-seg compatibility specs-speed
 
 install:  ## Pinned stack + this package, idempotent (fast when already done).
 	VENV=$(VENV) bash tools/install.sh
@@ -13,6 +13,9 @@ test: install  ## The fast suite (sweeps over all models are marked slow and exc
 
 test-slow: install  ## The sweeps over every timm architecture.
 	$(PY) -m pytest -m slow tests $(PYTEST_ARGS)
+
+test-gpu: install  ## The GPU tests (marker gpu; each skips with the reason where no CUDA GPU is present).
+	$(PY) -m pytest -m gpu tests -s $(PYTEST_ARGS)
 
 # The demo's numbers vary between machines only through floating-point rounding: PyTorch, oneDNN
 # and MKL pick kernels by instruction set (AVX-512 or AVX2) and split reductions by thread count.

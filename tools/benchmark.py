@@ -19,12 +19,22 @@ Sections (all by default; pick with --only):
              (the data preprocessor + predict, what tools/test.py runs on a checkpoint): the
              demo RetinaNet, FCOS and Faster R-CNN, uint8 image in, detections out
 
+On request only (--only gpu --device cuda; --dtype fp32|fp16|bf16, --channels-last, --compile):
+  gpu        every shipped detector family on the GPU: images/s and peak CUDA memory of a
+             training step (mmengine's AmpOptimWrapper for fp16/bf16) and of inference
+             (batch 8 at 800x1344, RTMDet at its 640x640; --quick: batch 2 at 512x512), and
+             the RetinaNet training step timm resnet50 / mmdet ResNet-50 (img/s ratio). A family
+             whose mmcv ops lack a kernel for the dtype (mmcv 2.1.0: no bf16 RoIAlign, focal
+             loss, deformable attention) is listed as refused, with the op.
+
 Memory is measured in fresh child processes: peak resident memory (VmHWM, reset through
 /proc/self/clear_refs) during the step, minus the resident memory before it.
 
 Example:
     nice -n 10 python tools/benchmark.py --quick                      # a few minutes, 2 cores
     nice -n 10 python tools/benchmark.py --markdown docs/benchmarks.md  # the full run
+    python tools/benchmark.py --device cuda --only gpu --dtype bf16 --channels-last \
+        --markdown docs/benchmarks_gpu.md                              # on a GPU (--quick: ~2 min)
 """
 import argparse
 import datetime
@@ -37,11 +47,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICE = 'cpu'  # --device: where models and inputs live (builds stay on the CPU)
 SECTIONS = ('adapter', 'retinanet', 'configs', 'specs', 'with_cp', 'speed', 'onnx')
+ON_REQUEST = ('gpu',)  # not in the default run: needs --device cuda
+DTYPES = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}
 MB = 2 ** 20
 
 # Sizes and repetitions: (--quick, full).
@@ -63,6 +75,9 @@ SETTINGS = {
     'speed_reps': (5, 5),
     'onnx_size': (320, 512),  # COCO configs; the demo runs at its own 256x256
     'onnx_reps': (3, 10),
+    # (batch, (H, W)) of the gpu section; RTMDet (trained at 640) at (batch, (640, 640)) in full
+    'gpu_input': ((2, (512, 512)), (8, (800, 1344))),
+    'gpu_reps': (2, 5),
 }
 
 # (config, input side or None for 'onnx_size'): the demo detector and two shipped families
@@ -507,6 +522,151 @@ def _bench_onnx_config(config: str, side: int, reps: int, threads: int, folder: 
             f'{export_s:.0f}']
 
 
+# ---- gpu ---------------------------------------------------------------------------------------
+GPU_OPTIONS = dict(dtype='fp32', channels_last=False, compile=False)  # set by main()
+
+
+def det_batch(batch: int, size: Tuple[int, int], with_masks: bool = False,
+              with_boxes: bool = True) -> Dict[str, Any]:
+    """`batch` uint8 images of `size` (H, W) with 4 boxes each (and box masks), as a dataloader
+    gives them to `train_step` / `test_step`."""
+    import numpy as np
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(0)
+    h, w = size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g))
+        sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size,
+                                             scale_factor=(1.0, 1.0), flip=False))
+        if with_boxes:
+            xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+            wh = 24 + torch.rand(4, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3])
+            boxes = torch.cat([xy, xy + wh], 1)
+            gt = InstanceData(bboxes=boxes, labels=torch.randint(0, 5, (4,), generator=g))
+            if with_masks:
+                masks = np.zeros((4, h, w), np.uint8)
+                for m, (x1, y1, x2, y2) in zip(masks, boxes.int().tolist()):
+                    m[y1:y2, x1:x2] = 1
+                gt.masks = BitmapMasks(masks, h, w)
+            sample.gt_instances = gt
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def optim_wrapper(model):
+    """SGD in mmengine's OptimWrapper (fp32) or AmpOptimWrapper (fp16, bf16: autocast)."""
+    import torch
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                          momentum=0.9)
+    if GPU_OPTIONS['dtype'] == 'fp32':
+        return OptimWrapper(optimizer=sgd)
+    return AmpOptimWrapper(optimizer=sgd, dtype=DTYPES[GPU_OPTIONS['dtype']])
+
+
+def autocast():
+    import contextlib
+    import torch
+    if GPU_OPTIONS['dtype'] == 'fp32':
+        return contextlib.nullcontext()
+    return torch.autocast('cuda', dtype=getattr(torch, DTYPES[GPU_OPTIONS['dtype']]))
+
+
+def _gpu_family(config: str, batch: int, size: Tuple[int, int], reps: int) -> Dict[str, Any]:
+    """Training step and inference of one shipped config on the GPU: img/s and peak MB."""
+    import torch
+    from timm_backbones import init_detector
+    options = {'model.backbone.channels_last': GPU_OPTIONS['channels_last'],
+               'model.backbone.compile': GPU_OPTIONS['compile']}
+    torch.manual_seed(0)
+    model = init_detector(os.path.join(ROOT, 'configs', config), cfg_options=options,
+                          device=DEVICE)
+    train = det_batch(batch, size, with_masks='mask-rcnn' in config)
+    test = det_batch(batch, size, with_boxes=False)
+    optim = optim_wrapper(model)
+    out: Dict[str, Any] = dict(input=[batch, 3, *size])
+
+    def train_step():
+        model.train()
+        model.train_step(train, optim)
+
+    def infer():
+        model.eval()
+        with torch.no_grad(), autocast():
+            model.test_step(test)
+
+    for name, fn in (('train', train_step), ('inference', infer)):
+        try:
+            times = interleaved({name: fn}, reps)[name]
+            mem, _ = peak_memory(fn)
+        except RuntimeError as err:  # e.g. an mmcv op without a kernel for this dtype
+            out[name] = dict(error=str(err).splitlines()[0][:200])
+            continue
+        s = summary(times)
+        out[name] = dict(seconds=s, images_per_s=batch / s['median'], peak_mb=mem)
+    del model, optim
+    torch.cuda.empty_cache()
+    return out
+
+
+def bench_gpu(q: int) -> Dict[str, Any]:
+    import torch
+    from timm_backbones.families import DETECTION, FAMILIES
+    batch, size = SETTINGS['gpu_input'][q]
+    reps = SETTINGS['gpu_reps'][q]
+    rows, results = [], {}
+    for name, family in FAMILIES.items():
+        if family.task != DETECTION:
+            continue
+        fam_size = (640, 640) if name == 'rtmdet' and q else size
+        r = _gpu_family(family.config, batch, fam_size, reps)
+        results[name] = r
+        cells = []
+        for what in ('train', 'inference'):
+            if 'error' in r[what]:
+                cells += [f"refused: {r[what]['error'][:80]}", '']
+            else:
+                cells += [f"{r[what]['images_per_s']:.1f}", f"{r[what]['peak_mb']:.0f}"]
+        rows.append([name, f'{batch}x3x{fam_size[0]}x{fam_size[1]}', *cells])
+        print(rows[-1], flush=True)
+    # timm resnet50 vs mmdet ResNet-50 in RetinaNet: the same training step, interleaved
+    mmdet_model, timm_model = retinanet_pair()
+    data = det_batch(batch, size)
+    optims = {'mmdet': optim_wrapper(mmdet_model), 'timm': optim_wrapper(timm_model)}
+    models = {'mmdet': mmdet_model, 'timm': timm_model}
+
+    def step(key):
+        def run():
+            models[key].train()
+            models[key].train_step(data, optims[key])
+        return run
+
+    times = interleaved({k: step(k) for k in models}, reps)
+    mem = {k: peak_memory(step(k))[0] for k in models}
+    rt = ratio(times, 'timm', 'mmdet')
+    results['retinanet_timm_vs_native'] = dict(
+        input=[batch, 3, *size], ratio=rt, peak_mb=mem,
+        **{k: dict(seconds=summary(v), images_per_s=batch / statistics.median(v))
+           for k, v in times.items()})
+    setting = (f"dtype {GPU_OPTIONS['dtype']}" + (', channels_last' if GPU_OPTIONS['channels_last']
+                                                   else '') +
+               (', compile' if GPU_OPTIONS['compile'] else ''))
+    text = table(['family', 'input', 'train img/s', 'train peak MB', 'inference img/s',
+                  'inference peak MB'], rows)
+    text += (f"\n\n{setting}. RetinaNet training step, timm resnet50 / mmdet ResNet-50 "
+             f"(time ratio, {batch}x3x{size[0]}x{size[1]}): {fmt_ratio(rt)}; img/s "
+             f"{batch / statistics.median(times['timm']):.1f} vs "
+             f"{batch / statistics.median(times['mmdet']):.1f}; peak MB "
+             f"{mem['timm']:.0f} vs {mem['mmdet']:.0f}")
+    del mmdet_model, timm_model
+    torch.cuda.empty_cache()
+    return dict(results=results, table=text)
+
+
 # ---- report ------------------------------------------------------------------------------------
 def machine(threads: int) -> Dict[str, str]:
     import mmcv
@@ -528,7 +688,7 @@ def machine(threads: int) -> Dict[str, str]:
                 cpu=f'{cpu}, {os.cpu_count()} cores', threads=str(threads),
                 load_at_start=load, python=platform.python_version(), torch=torch.__version__,
                 timm=timm.__version__, mmdet=mmdet.__version__, mmcv=mmcv.__version__,
-                mmengine=mmengine.__version__,
+                mmengine=mmengine.__version__, cuda=str(torch.version.cuda),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')
 
 
@@ -540,6 +700,7 @@ TITLES = {
     'with_cp': 'Gradient checkpointing (with_cp): peak training memory',
     'speed': 'channels_last and torch.compile vs eager (eval forward)',
     'onnx': 'End-to-end inference: onnxruntime vs PyTorch eager (uint8 image to detections)',
+    'gpu': 'Shipped detector families on the GPU: training step and inference (random weights)',
 }
 
 
@@ -555,9 +716,15 @@ depends on the weights, so their images/s are indicative only.
 """
 
 
-def markdown(info: Dict[str, str], sections: Dict[str, Dict[str, Any]], quick: bool) -> str:
-    command = 'nice -n 10 python tools/benchmark.py' + (' --quick' if quick else '')
-    lines = [PREAMBLE.format(command=command), '## Machine and versions', '',
+def markdown(info: Dict[str, str], sections: Dict[str, Dict[str, Any]], quick: bool,
+             command: str = '') -> str:
+    command = command or 'nice -n 10 python tools/benchmark.py' + (' --quick' if quick else '')
+    preamble = PREAMBLE.format(command=command)
+    if DEVICE.startswith('cuda'):
+        preamble += ('\nOn CUDA: times are CUDA-synchronized wall time; memory is the peak '
+                     'allocated CUDA memory during the step, above the memory allocated before '
+                     'it (model, optimizer state and inputs excluded).\n')
+    lines = [preamble, '## Machine and versions', '',
              '| | |', '|---|---|'] + [f'| {k} | {v} |' for k, v in info.items()]
     for name, result in sections.items():
         lines += ['', f'## {TITLES[name]}', '', result['table'],
@@ -565,10 +732,20 @@ def markdown(info: Dict[str, str], sections: Dict[str, Dict[str, Any]], quick: b
     return '\n'.join(lines) + '\n'
 
 
-def main() -> None:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line, checked: bad combinations exit with a message naming the value, what
+    is allowed and the fix."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='small sizes, few repetitions')
-    parser.add_argument('--only', nargs='+', choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument('--only', nargs='+', choices=SECTIONS + ON_REQUEST,
+                        default=list(SECTIONS),
+                        help='sections (default: all but gpu, which needs --device cuda)')
+    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32',
+                        help='gpu section: fp32, or fp16 / bf16 autocast (AmpOptimWrapper)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='gpu section: backbones with channels_last=True')
+    parser.add_argument('--compile', action='store_true',
+                        help='gpu section: backbones with compile=True (torch.compile)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     parser.add_argument('--device', default='cpu',
                         help="'cpu' (default) or 'cuda': where models run (builds and "
@@ -577,7 +754,36 @@ def main() -> None:
     parser.add_argument('--json', help='write all results to this JSON file')
     parser.add_argument('--markdown', help='write the tables (with machine and versions) here')
     parser.add_argument('--child', nargs='+', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    import torch
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device; use 'cpu' or 'cuda' ('cuda:N')")
+    if device.type not in ('cpu', 'cuda'):
+        parser.error(f"--device {args.device!r}: use 'cpu' or 'cuda' ('cuda:N')")
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: torch {torch.__version__} sees no CUDA GPU '
+                     '(torch.cuda.is_available() is False); run on a GPU machine, or use '
+                     '--device cpu')
+    gpu_only = [f'--{k.replace("_", "-")}' + (f' {v}' if k == 'dtype' else '')
+                for k, v in vars(args).items()
+                if k in GPU_OPTIONS and v != GPU_OPTIONS[k]]
+    if gpu_only and 'gpu' not in args.only:
+        parser.error(f"{' '.join(gpu_only)} set the gpu section's models; add --only gpu "
+                     '(with --device cuda)')
+    if 'gpu' in args.only and device.type != 'cuda':
+        parser.error(f'--only gpu measures on a CUDA device, but --device is {args.device!r}; '
+                     'add --device cuda')
+    if 'onnx' in args.only and device.type != 'cpu' and not args.child:
+        parser.error('the onnx section compares on the CPU (onnxruntime CPU provider); drop it '
+                     'from --only or use --device cpu')
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    GPU_OPTIONS.update(dtype=args.dtype, channels_last=args.channels_last, compile=args.compile)
     global DEVICE
     DEVICE = args.device
     import torch
@@ -599,7 +805,7 @@ def main() -> None:
     runners = {'adapter': lambda: bench_adapter(q), 'retinanet': lambda: bench_retinanet(q),
                'configs': lambda: bench_configs(q), 'specs': lambda: bench_specs(q, args.threads),
                'with_cp': lambda: bench_with_cp(q, args.threads), 'speed': lambda: bench_speed(q),
-               'onnx': lambda: bench_onnx(q, args.threads)}
+               'onnx': lambda: bench_onnx(q, args.threads), 'gpu': lambda: bench_gpu(q)}
     sections = {}
     for name in args.only:
         start = time.perf_counter()
@@ -611,9 +817,12 @@ def main() -> None:
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(dict(machine=info, quick=args.quick, sections=sections), f, indent=1)
+    if args.markdown is None and args.only == ['gpu']:
+        args.markdown = os.path.join(ROOT, 'docs', 'benchmarks_gpu.md')
     if args.markdown:
         with open(args.markdown, 'w') as f:
-            f.write(markdown(info, sections, args.quick))
+            f.write(markdown(info, sections, args.quick,
+                             'python tools/benchmark.py ' + ' '.join(sys.argv[1:])))
 
 
 if __name__ == '__main__':

@@ -10,8 +10,15 @@
 # The build itself is mmcv's own (`pip wheel --no-build-isolation`), against the torch already
 # installed in the target environment, so the ops match that torch's ABI.
 #
+# CPU or CUDA ops: tools/_install_decide.py decides (CUDA ops when torch sees a GPU and nvcc is
+# found, for the visible GPUs' compute capabilities; FORCE_CUDA=0/1 overrides). The cache key
+# holds torch's full version with its local build tag (2.11.0+cu130) and the variant
+# (cpu, or cuda<nvcc version>-arch<TORCH_CUDA_ARCH_LIST>), so a CPU wheel is never reused where
+# CUDA ops are wanted, nor a wheel built against another torch build.
+#
 # Usage:   tools/build_mmcv_wheel.sh PYTHON        (prints the cached wheel's path on stdout)
-# Env:     FORCE_CUDA=1    build the CUDA ops too (needs nvcc; the cache key says "cuda")
+# Env:     FORCE_CUDA=1|0  insist on CUDA ops (needs nvcc) / CPU ops only; unset: decided
+#          TORCH_CUDA_ARCH_LIST   GPU architectures to build for (default: the visible GPUs')
 #          MAX_JOBS=N      parallel compile jobs (default: number of cores)
 #          TIMM_BACKBONES_CACHE   cache root (default: ~/.cache/timm_backbones)
 # A first CPU build compiles 77 C++ files: about 30 CPU-minutes.
@@ -26,15 +33,24 @@ CACHE=${TIMM_BACKBONES_CACHE:-$HOME/.cache/timm_backbones}
 die() { echo "build_mmcv_wheel: error: $*" >&2; exit 1; }
 log() { echo "build_mmcv_wheel: $*" >&2; }
 
-torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])') \
-  || die "torch is not importable with $PY; install torch first (make install does)."
+decision=$("$PY" "$(dirname "$0")/_install_decide.py") || die "cannot decide how to build (above)"
+eval "$decision"
+export FORCE_CUDA TORCH_CUDA_ARCH_LIST
+if [ "$FORCE_CUDA" = 1 ]; then export CUDA_HOME; else export CUDA_VISIBLE_DEVICES; fi
+variant=$MMCV_VARIANT
 py_tag=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-variant=cpu; [ "${FORCE_CUDA:-0}" = 1 ] && variant=cuda
-key="mmcv${MMCV_VERSION}-torch${torch_version}-${py_tag}-${variant}"
+key="mmcv${MMCV_VERSION}-torch${MMCV_TORCH_VERSION}-${py_tag}-${variant}"
+log "$MMCV_DECISION_REASON (cache key $key)"
 dest="$CACHE/wheels/$key"
 
-# 1. Cache hit: nothing to do.
+# 1. Cache hit: nothing to do. A CPU wheel cached by an earlier version of this script, under
+#    the key without torch's local build tag (mmcv2.1.0-torch2.14.1-cp311-cpu), is a CPU wheel
+#    too: reused for the CPU variant only.
 cached=$(ls "$dest"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
+if [ -z "$cached" ] && [ "$variant" = cpu ]; then
+  legacy="$CACHE/wheels/mmcv${MMCV_VERSION}-torch${MMCV_TORCH_VERSION%%+*}-${py_tag}-cpu"
+  cached=$(ls "$legacy"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
+fi
 if [ -n "$cached" ]; then
   log "using cached wheel $cached"
   echo "$cached"; exit 0
