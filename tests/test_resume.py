@@ -12,14 +12,13 @@ import time
 
 import pytest
 import torch
-from mmengine.config import Config
 
 from helpers import ROOT
 from timm_backbones._checkpoint import checkpoint_loading
 
 DEMO = os.path.join(ROOT, 'configs', 'retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
 TIMEOUT = 300
-EPOCHS = 3
+EPOCHS = 3  # conftest.py's RESUME_EPOCHS
 
 
 def _env():
@@ -63,40 +62,14 @@ def assert_same_state(a, b):
 
 
 @pytest.fixture(scope='module')
-def demo(tmp_path_factory):
-    """The demo config, shrunk: 32 images of 96x96 (4 iterations per epoch), 3 epochs, a
-    checkpoint every epoch, no validation. Its dataloader settings stay the demo's."""
-    root = tmp_path_factory.mktemp('resume')
-    cfg = Config.fromfile(DEMO)
-    loader = cfg.train_dataloader
-    # what this test is about: the shipped settings, unchanged
-    assert loader.num_workers == 1 and loader.persistent_workers is True
-    assert any(t['type'] == 'RandomFlip' for t in loader.dataset.pipeline)
-    assert cfg.sample_seeding is True  # from configs/_base_/timm_runtime.py
-    synthetic = dict(num_train=32, num_val=2, img_size=(96, 96), obj_size=(16, 48),
-                     max_objects=3, seed=0)
-    loader.dataset.data_root = f'{root}/data/'
-    loader.dataset.synthetic = synthetic
-    for t in loader.dataset.pipeline:
-        if t['type'] == 'Resize':
-            t['scale'] = synthetic['img_size']
-    cfg.train_cfg.max_epochs = EPOCHS
-    cfg.train_cfg.val_interval = 1000
-    cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
-    cfg.test_cfg = cfg.test_dataloader = cfg.test_evaluator = None
-    cfg.default_hooks.checkpoint.update(interval=1, max_keep_ckpts=-1)
-    cfg.default_hooks.logger.interval = 1
-    cfg.default_hooks.visualization.draw = False
-    path = root / 'demo_small.py'
-    cfg.dump(str(path))
-    return root, path
+def demo(resume_demo):
+    """The demo config, shrunk (conftest.py's `resume_demo`; validation not run)."""
+    return resume_demo
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(demo):
-    root, config = demo
-    train(config, root / 'full')
-    return root / 'full'
+def uninterrupted(resume_uninterrupted):
+    return resume_uninterrupted
 
 
 def test_resume_after_sigkill_is_bit_exact(demo, uninterrupted):

@@ -16,7 +16,7 @@ import torch
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
-from ._checkpoint import checkpoint_kind, read_checkpoint, state_dict_from
+from ._checkpoint import read_checkpoint, state_dict_from
 from ._names import full_name
 from ._timm import TimmBuildError, create_features
 
@@ -56,7 +56,8 @@ ADVICE = {
 def key_mismatch_hint(expected: Sequence[str], found: Sequence[str]) -> Optional[Tuple[str, str]]:
     """How `found` names would match `expected`: ('strip', p) when found names are p + an
     expected name, ('add', p) when expected names are p + a found name; the prefix explaining
-    most names wins. None if no prefix explains any.
+    most names wins. None if no prefix explains at least a quarter of the expected names (a
+    few short names such as '0.weight' of another model end many names by chance).
 
     Example:
         >>> key_mismatch_hint(['conv.weight'], ['backbone.conv.weight'])
@@ -71,7 +72,10 @@ def key_mismatch_hint(expected: Sequence[str], found: Sequence[str]) -> Optional
                 if '.'.join(parts[i:]) in targets:
                     votes[(how, '.'.join(parts[:i]) + '.')] += 1
                     break
-    return votes.most_common(1)[0][0] if votes else None
+    if not votes:
+        return None
+    best, count = votes.most_common(1)[0]
+    return best if count >= len(expected) * MIN_LOADED / 2 else None
 
 
 @dataclass(frozen=True)
@@ -219,19 +223,13 @@ def read_timm_weights(path: Union[str, os.PathLike]) -> Dict[str, Tensor]:
         >>> state = read_timm_weights('resnet18.safetensors')
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(
             f'pretrained={path!r}: no such file. Pass the path of a timm-format weight file '
             f'(.pth/.bin/.safetensors, e.g. saved with torch.save(model.state_dict(), path)), '
             f'or pretrained=False.')
-    checkpoint_kind(path)  # a file that is no checkpoint says so
-    try:
-        checkpoint = read_checkpoint(path)
-    except (ValueError, RuntimeError):
-        raise
-    except Exception as err:  # noqa: BLE001 - a broken file of any kind: say which and why
-        raise ValueError(f'pretrained={path!r}: torch could not read it ({type(err).__name__}: '
-                         f"{err}). {ADVICE['pretrained']}") from err
+    # the file is inspected first: empty, truncated, a directory, no checkpoint at all
+    checkpoint = read_checkpoint(path, option='pretrained=')
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get('state_dict'), Mapping):
         names = [k for k in checkpoint['state_dict'] if isinstance(k, str)]
         if names and sum(k.startswith('backbone.') for k in names) >= len(names) / 2:
@@ -322,7 +320,9 @@ def load_init_checkpoint(module: nn.Module, cfg: Mapping[str, Any], target: str)
         ...                                     prefix='backbone.'), 'TimmBackbone')
     """
     path, prefix = cfg['checkpoint'], cfg.get('prefix')
-    state = state_dict_from(read_checkpoint(path, cfg.get('map_location', 'cpu')), path)
+    state = state_dict_from(read_checkpoint(path, cfg.get('map_location', 'cpu'),
+                                            option="init_cfg=dict(type='Pretrained') checkpoint"),
+                            path)
     where = f'{path} (prefix={prefix!r})' if prefix else path
     if prefix:
         names = list(state)[:4]
@@ -354,14 +354,15 @@ def verify_detector_checkpoint(model: Target, checkpoint: Any, filename: str) ->
                              filename, scope=_detector_scope(model), advice=ADVICE['detector'])
 
 
-def load_detector_checkpoint(model: nn.Module, filename: str) -> Dict[str, Any]:
+def load_detector_checkpoint(model: nn.Module, filename: str,
+                             option: str = 'init_detector checkpoint') -> Dict[str, Any]:
     """Read a detector checkpoint weights-only and load it into `model`, verified (backbone
     tensors counted); returns the checkpoint (its `meta` holds the dataset's classes).
 
     Example:
         >>> meta = load_detector_checkpoint(detector, 'work_dirs/x/epoch_8.pth').get('meta', {})
     """
-    checkpoint = read_checkpoint(filename)
+    checkpoint = read_checkpoint(filename, option=option)
     load_verified(model, state_dict_from(checkpoint, filename), 'the detector', filename,
                   scope=_detector_scope(model), advice=ADVICE['detector'])
     return checkpoint if isinstance(checkpoint, dict) else {}

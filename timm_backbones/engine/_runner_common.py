@@ -11,10 +11,16 @@
   optimizer state in one form whichever strategy wrote it (`_optim_state.py`), and resuming
   turns it into what the run's optimizer loads, so FSDP and DDP runs resume from each other's
   checkpoints;
+- checkpoints and `last_checkpoint` are written atomically (temporary name, fsync, rename: a
+  kill at any byte leaves the previous state or the new one; a full disk stops the run naming
+  the file and the free space), and `--resume` continues from the newest complete checkpoint
+  when `last_checkpoint` is empty or names a missing or truncated file, saying so
+  (`_atomic.py`);
 - `init_cpu_process_group`: `--launcher pytorch` without CUDA uses gloo.
 """
 import contextlib
 import datetime
+import os
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import torch
@@ -30,6 +36,7 @@ from .._checkpoint import (check_checkpoint_file, checkpoint_loading, from_plain
 from .._names import unwrapped_name
 from .._weights import verify_detector_checkpoint
 from ..wiring import resolve_config
+from ._atomic import atomic_checkpoint, atomic_pointer_writes, check_resume_file, resume_source
 from ._optim_state import resume_state, saved_state
 from ._seeding import per_sample_seed_dataloader
 
@@ -113,7 +120,10 @@ class TimmRunnerMixin:
 
     @contextlib.contextmanager
     def _read(self, filename: str, resuming: bool) -> Iterator[None]:
-        check_checkpoint_file(filename)
+        option = '--resume' if resuming else 'load_from (tools/test.py: CHECKPOINT)'
+        if resuming:
+            check_resume_file(filename, option)
+        check_checkpoint_file(filename, option=option, safetensors=False)
         outer, self._reading = self._reading, self._reading or (str(filename), resuming)
         try:
             with checkpoint_loading(filename):
@@ -136,14 +146,40 @@ class TimmRunnerMixin:
         with self._read(filename, resuming=True):
             super().resume(filename, *args, **kwargs)  # type: ignore[misc]
 
+    def load_or_resume(self) -> None:
+        """mmengine's `load_or_resume`; an automatic `--resume` continues from `resume_source`:
+        the checkpoint `last_checkpoint` names when it is complete, else the newest complete one
+        in the work dir (logged), else from scratch (logged)."""
+        if getattr(self, '_has_loaded', False) is False and self._resume is True and \
+                self._load_from is None:  # type: ignore[attr-defined]
+            found = resume_source(self.work_dir)  # type: ignore[attr-defined]
+            if found is None:
+                self._resume = False
+            self._load_from = found
+        super().load_or_resume()  # type: ignore[misc]
+
+    def save_checkpoint(self, out_dir: str, filename: str, *args: Any, **kwargs: Any) -> None:
+        """mmengine's `save_checkpoint`, written atomically (`atomic_checkpoint`): to a
+        temporary name in `out_dir`, synced, then renamed to `filename`. A full disk stops the
+        run with a `CheckpointWriteError` naming the file and the free space."""
+        if '://' in str(out_dir) or '://' in str(filename):  # remote backends: as mmengine does
+            return super().save_checkpoint(out_dir, filename, *args, **kwargs)  # type: ignore
+        final = os.path.join(str(out_dir), filename)
+        with atomic_checkpoint(final) as tmp:
+            # rank 0 writes the file (other ranks have no temporary file to rename)
+            super().save_checkpoint(out_dir, os.path.relpath(tmp, str(out_dir)), *args,
+                                    **kwargs)  # type: ignore[misc]
+
     def call_hook(self, fn_name: str, **kwargs: Any) -> None:
         """mmengine's `call_hook`. A checkpoint just read is turned back from its plain form
         and verified before the hooks see it (`after_load_checkpoint`); one about to be written
         is turned into tensors and plain containers after every hook's
-        `before_save_checkpoint`."""
+        `before_save_checkpoint`. Hooks write `last_checkpoint` atomically
+        (`atomic_pointer_writes`)."""
         if fn_name == 'after_load_checkpoint':
             self._after_read(kwargs['checkpoint'])
-        super().call_hook(fn_name, **kwargs)  # type: ignore[misc]
+        with atomic_pointer_writes():
+            super().call_hook(fn_name, **kwargs)  # type: ignore[misc]
         if fn_name == 'before_save_checkpoint':
             checkpoint = to_plain_checkpoint(kwargs['checkpoint'])
             if 'optimizer' in checkpoint and self._optimizer() is not None:
