@@ -45,3 +45,21 @@ def test_bad_device():
     # a device torch does not know: the value and examples of good ones
     with pytest.raises(ValueError, match=r"device='gpu0' is not a device; use e.g."):
         check_mmcv_cuda_ops('gpu0')
+
+
+@pytest.mark.parametrize('runner', ['TimmBackboneRunner', 'TimmBackboneFlexibleRunner'])
+def test_runners_check_before_the_model_moves(monkeypatch, runner):
+    # rule: both runners ask before they move the model to the device (tools/train.py's route)
+    import types
+
+    import timm_backbones
+    from timm_backbones.engine import _flexible_runner, _runner
+    monkeypatch.setattr(ops, 'get_compiling_cuda_version', lambda: 'not available')
+    for module in (_runner, _flexible_runner):
+        monkeypatch.setattr(module, 'get_device', lambda: 'cuda')
+    cls = getattr(timm_backbones, runner)
+    with pytest.raises(RuntimeError, match='built without CUDA ops'):
+        if runner == 'TimmBackboneRunner':
+            cls.wrap_model(types.SimpleNamespace(distributed=False), None, torch.nn.Linear(1, 1))
+        else:
+            cls._build_model(types.SimpleNamespace(model=dict(type='RetinaNet')))  # a config

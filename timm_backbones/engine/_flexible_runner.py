@@ -35,6 +35,7 @@ from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp import StateDictType
 
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
+from ._cuda_check import check_mmcv_cuda_ops
 from ._fsdp import resolve_wrap_policy
 from ._runner_common import TimmRunnerMixin, cpu_launch, init_cpu_process_group
 
@@ -133,6 +134,7 @@ class TimmBackboneFlexibleRunner(TimmRunnerMixin, FlexibleRunner):
         against (FSDP shards the parameters)."""
         if isinstance(self.model, nn.Module):
             return
+        check_mmcv_cuda_ops(get_device())  # mmcv without CUDA ops: say so before an op fails
         model = self.strategy.build_model(self.model)
         if not self.distributed:
             model = revert_sync_batchnorm(model)  # before mmengine's, which drops timm's acts

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .._norms import check_sync_bn_device, convert_sync_batchnorm, revert_sync_batchnorm
+from ._cuda_check import check_mmcv_cuda_ops
 from ._runner_common import TimmRunnerMixin, cpu_launch, init_cpu_process_group
 
 __all__ = ['TimmBackboneRunner']
@@ -93,6 +94,7 @@ class TimmBackboneRunner(TimmRunnerMixin, Runner):
             model_wrapper_cfg: Config of the wrapper (None: `MMDistributedDataParallel`).
             model: The model.
         """
+        check_mmcv_cuda_ops(get_device())  # mmcv without CUDA ops: say so before an op fails
         if is_model_wrapper(model) or not self.distributed:
             if not is_model_wrapper(model):
                 model = revert_sync_batchnorm(model)  # before mmengine's, which drops acts
