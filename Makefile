@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-gpu demo demo-seg compatibility specs-speed
+.PHONY: install test test-slow test-gpu demo demo-seg compatibility zoo specs-speed
 
 install:  ## Pinned stack + this package, idempotent (fast when already done).
 	VENV=$(VENV) bash tools/install.sh
@@ -31,6 +31,9 @@ demo-seg: install  ## Segmentation: train + evaluate UPerNet with a timm backbon
 
 compatibility: install  ## docs/compatibility.{csv,md}: every timm architecture x the detector families (resumes an interrupted run; RESTART=1 starts over).
 	nice -n 10 $(PY) tools/sweep.py --jobs $(or $(JOBS),2) --csv docs/compatibility.csv --md docs/compatibility.md $(if $(RESTART),--restart)
+
+zoo: install  ## docs/zoo.{csv,md}: mmdet's model zoo (one config per family) x resnet18 / convnext_atto / vit_tiny: a training step and predict on CPU (resumes; RESTART=1 starts over).
+	nice -n 19 $(PY) tools/zoo_sweep.py --md docs/zoo.md --csv docs/zoo.csv $(if $(RESTART),--restart)
 
 specs-speed: install  ## Cold feature_specs vs a raw timm meta build, side by side in fresh processes.
 	$(PY) tools/specs_speed.py

@@ -63,3 +63,12 @@ def test_runners_check_before_the_model_moves(monkeypatch, runner):
             cls.wrap_model(types.SimpleNamespace(distributed=False), None, torch.nn.Linear(1, 1))
         else:
             cls._build_model(types.SimpleNamespace(model=dict(type='RetinaNet')))  # a config
+
+
+def test_init_detector_checks_the_device(monkeypatch):
+    # rule: timm_backbones.init_detector(device='cuda') asks before moving the detector
+    from helpers import DEMO_CONFIG
+    from timm_backbones import init_detector
+    monkeypatch.setattr(ops, 'get_compiling_cuda_version', lambda: 'not available')
+    with pytest.raises(RuntimeError, match='built without CUDA ops'):
+        init_detector(DEMO_CONFIG, device='cuda')

@@ -4,6 +4,7 @@
     timm-backbones show ARCH [--out-indices I ...] [--output-stride N]
     timm-backbones config DETECTOR ARCH [--no-pretrained]     (or a segmentor family)
     timm-backbones check CONFIG [--cfg-options KEY=VALUE ...]
+    timm-backbones swap CONFIG ARCH [-o OUT.py] [--no-pretrained]   (a path or mmdet::name)
 
 Everything runs on the meta device (no weights are allocated or downloaded). `list` reads the
 published compatibility matrix (`docs/compatibility.csv`) for the architectures it covers and
@@ -233,7 +234,7 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     from .engine import load_config
     from .wiring import resolve_config
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config)  # a path or mmdet::name
     except Exception as err:  # noqa: BLE001 - mmengine raises many kinds for unreadable files
         raise CliError(f'cannot read config {args.config!r}: {type(err).__name__}: {err}') \
             from err
@@ -256,6 +257,28 @@ def _cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     for where, given, value in changes:
         out.write(f"{where} = {value!r}   ({'unset' if given is None else repr(given)})\n")
     out.write(f'{args.config}: resolves (no weights allocated)\n')
+    return 0
+
+
+def _cmd_swap(args: argparse.Namespace, out: TextIO) -> int:
+    from .wiring import resolve_config, swap_config_text
+    out_dir = Path(args.output).resolve().parent if args.output else None
+    try:
+        text, swapped = swap_config_text(args.config, args.arch,
+                                         pretrained=False if args.no_pretrained else None,
+                                         out_dir=out_dir)
+        resolve_config(swapped.config)  # the written config resolves (meta device only)
+    except FileNotFoundError as err:
+        raise CliError(f'cannot read config {args.config!r}: {err}') from err
+    except (ValueError, TypeError) as err:
+        raise CliError(f'{type(err).__name__}: {err}') from err
+    if args.output:
+        Path(args.output).write_text(text)
+        for line in swapped.notes:
+            out.write(f'{line}\n')
+        out.write(f'wrote {args.output}\n')
+    else:
+        out.write(text)
     return 0
 
 
@@ -294,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('config', help='config file')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='overrides, as for tools/train.py (key=value)')
+    p = sub.add_parser('swap', help="a config with its backbone replaced by a timm model "
+                       '(levels by stride; derived fields auto)')
+    p.add_argument('config', help='config file or mmdet:: name, e.g. '
+                   'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    p.add_argument('arch', help='timm architecture or tag')
+    p.add_argument('-o', '--output', help='write the config here (default: stdout)')
+    p.add_argument('--no-pretrained', action='store_true',
+                   help='pretrained=False (random init; no download)')
     return parser
 
 
@@ -309,7 +340,8 @@ def main(argv: Optional[Iterable[str]] = None, out: Optional[TextIO] = None) -> 
     out = out or sys.stdout
     args = build_parser().parse_args(None if argv is None else list(argv))
     import timm_backbones  # noqa: F401  (registers the modules for `check`)
-    commands = dict(list=_cmd_list, show=_cmd_show, config=_cmd_config, check=_cmd_check)
+    commands = dict(list=_cmd_list, show=_cmd_show, config=_cmd_config, check=_cmd_check,
+                    swap=_cmd_swap)
     logger = MMLogger.get_current_instance()
     level = logger.level
     logger.setLevel(logging.ERROR)  # probe warnings are not results; restored after the command

@@ -5,7 +5,8 @@ Same arguments as mmdet's tools/test.py. Configs are built by their `runner_type
 `TimmBackboneRunner` if they set none; the checkpoint is loaded weights-only. A `.onnx` model
 runs in onnxruntime over the config's test set (`timm_backbones.deploy.OnnxDetector`), with the
 config's evaluator and printout; boxes (and masks) are mapped back to the original images as
-mmdet maps them. Distributed: tools/dist_test.sh.
+mmdet maps them. Distributed: tools/dist_test.sh. `--backbone ARCH` swaps the config's backbone
+for the timm model ARCH first, as tools/train.py does.
 
 Example:
     python tools/test.py configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py \
@@ -27,6 +28,7 @@ from mmengine.config import DictAction
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
 from timm_backbones.deploy import onnx_test_config  # registers OnnxDetector
 from timm_backbones.engine import load_config
+from timm_backbones.wiring import swap_backbone
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,6 +47,11 @@ def parse_args() -> argparse.Namespace:
         help='directory where painted images will be saved. If specified, it will be '
         'automatically saved to the work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument(
+        '--backbone', metavar='ARCH',
+        help="replace the config's backbone by the timm model ARCH (levels matched by stride, "
+        "derived fields 'auto', frozen_stages/norm_eval/with_cp/SyncBN carried over); "
+        "--cfg-options apply after the swap (e.g. model.backbone.pretrained=False)")
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy format '
@@ -69,6 +76,14 @@ def main() -> None:
 
     cfg = load_config(args.config)  # a syntax error names the file and line
     cfg.launcher = args.launcher
+    if args.backbone is not None:
+        try:
+            swapped = swap_backbone(cfg, args.backbone)
+        except (ValueError, TypeError) as err:
+            raise SystemExit(f'--backbone {args.backbone}: {type(err).__name__}: {err}') from err
+        cfg = swapped.config
+        for line in swapped.notes:
+            print(f'swap: {line}')
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
@@ -76,7 +91,10 @@ def main() -> None:
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        name = osp.splitext(osp.basename(args.config))[0]
+        if args.backbone is not None:
+            name += f'_timm-{args.backbone}'
+        cfg.work_dir = osp.join('./work_dirs', name)
 
     if args.checkpoint.endswith('.onnx'):
         if args.tta:

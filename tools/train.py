@@ -4,8 +4,12 @@ Same arguments as mmdet's tools/train.py. Configs are built by their `runner_typ
 `TimmBackboneRunner` if they set none, so `'auto'` channels and strides are filled from the timm
 backbone before anything is built. Distributed: tools/dist_train.sh.
 
+`--backbone ARCH` swaps the config's backbone for the timm model ARCH first (any mmdet config,
+by path or `mmdet::` name; `timm_backbones.wiring.swap_backbone`).
+
 Example:
     python tools/train.py configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py --work-dir work_dirs/r
+    python tools/train.py mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py --backbone convnext_tiny
 """
 import argparse
 import os
@@ -16,6 +20,7 @@ from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
 from timm_backbones.engine import load_config
+from timm_backbones.wiring import swap_backbone
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,6 +36,11 @@ def parse_args() -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='If specify checkpoint path, resume from it, while if not specify, try to auto '
         'resume from the latest checkpoint in the work directory.')
+    parser.add_argument(
+        '--backbone', metavar='ARCH',
+        help="replace the config's backbone by the timm model ARCH (levels matched by stride, "
+        "derived fields 'auto', frozen_stages/norm_eval/with_cp/SyncBN carried over); "
+        "--cfg-options apply after the swap (e.g. model.backbone.pretrained=False)")
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy format '
@@ -64,6 +74,14 @@ def main() -> None:
 
     cfg = load_config(args.config)  # a syntax error names the file and line
     cfg.launcher = args.launcher
+    if args.backbone is not None:
+        try:
+            swapped = swap_backbone(cfg, args.backbone)
+        except (ValueError, TypeError) as err:
+            raise SystemExit(f'--backbone {args.backbone}: {type(err).__name__}: {err}') from err
+        cfg = swapped.config
+        for line in swapped.notes:
+            print(f'swap: {line}')
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
@@ -71,7 +89,10 @@ def main() -> None:
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        name = osp.splitext(osp.basename(args.config))[0]
+        if args.backbone is not None:
+            name += f'_timm-{args.backbone}'
+        cfg.work_dir = osp.join('./work_dirs', name)
 
     if args.amp is True:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'

@@ -28,7 +28,8 @@ from torch import nn
 from .._norms import revert_sync_batchnorm
 from .._configs import timm_model_name
 from .._weights import load_detector_checkpoint
-from ..wiring import has_timm_backbone, resolve_config
+from ..wiring import config_file, has_timm_backbone, resolve_config
+from ._cuda_check import check_mmcv_cuda_ops
 
 __all__ = ['build_detector', 'init_detector', 'load_config', 'install_resolving_build']
 
@@ -71,13 +72,17 @@ ConfigType = Union[str, Path, Config]
 def load_config(path: Union[str, Path]) -> Config:
     """`Config.fromfile`, with a syntax error in the file (or a base it inherits) reported
     with the file's name and line; mmengine parses the source without one (`<unknown>`).
+    `package::name` loads the config shipped in an installed package
+    (`mmdet::retinanet/retinanet_r50_fpn_1x_coco.py`; mmengine takes those only in `_base_`).
 
     Args:
-        path: The config file.
+        path: The config file, or `package::name`.
 
     Example:
         >>> cfg = load_config('configs/retinanet_timm-resnet18_fpn_8e_synthetic-shapes.py')
     """
+    if '::' in str(path):
+        path = config_file(path)
     try:
         return Config.fromfile(str(path))
     except SyntaxError as err:
@@ -176,6 +181,7 @@ def init_detector(config: ConfigType, checkpoint: Optional[str] = None, device: 
     else:
         model.dataset_meta = _config_dataset_meta(cfg)
     model.cfg = cfg
+    check_mmcv_cuda_ops(device)  # mmcv without CUDA ops: say so, not inside the first op
     model.to(device)
     model.eval()
     return model

@@ -36,6 +36,7 @@ from ._seg_heads import (AUXILIARY_HEAD, AUXILIARY_STRIDE, DECODE_HEAD_BASE, FIR
                          SEGMENTOR_KEY, SEGMENTOR_PRETRAINED)
 from ._pipeline import resolve_input_size
 from ._preprocess import resolve_normalization
+from ._swap import has_swap_mark, swap_marked
 
 __all__ = ['AUTO', 'resolve_config', 'has_timm_backbone']
 
@@ -92,6 +93,7 @@ def resolve_config(cfg: _CfgT) -> _CfgT:
         raise TypeError(f'resolve_config takes an mmengine Config or a dict, got '
                         f'{type(cfg).__name__}')
     out = copy.deepcopy(cfg)
+    swap_marked(out)  # backbones marked timm=ARCH (`--cfg-options model.backbone.timm=ARCH`)
     for path, detector in _detectors(out, ''):
         if _fingerprint(detector) in _RESOLVED:
             continue
@@ -116,7 +118,8 @@ def has_timm_backbone(cfg: Union[Config, Mapping]) -> bool:
         >>> has_timm_backbone(dict(model=dict(backbone=dict(type='timm.resnet18'))))
         True
     """
-    return any(timm_model_name(d['backbone']) is not None for _, d in _detectors(cfg, ''))
+    return has_swap_mark(cfg) or \
+        any(timm_model_name(d['backbone']) is not None for _, d in _detectors(cfg, ''))
 
 
 def _items(node: Any) -> List[Tuple[Any, Any]]:
@@ -451,13 +454,36 @@ def _generators(node: Any, path: str) -> Iterator[Tuple[str, Mapping]]:
             yield from _generators(child, child_path)
 
 
+_MAX_INPUT_SIDE = 8192  # the largest input side `_input_over_map` looks for
+
+
+def _input_over_map(given: Any, expected: int) -> bool:
+    """Whether a fractional stride is `input / map size` for some input side N: the anchor
+    stride of a detector designed for one input size (YOLACT's `550 / 69`, ..., `550 / 5` for
+    its 550 px input, whose maps are ceil(550 / 8) = 69, ..., ceil(550 / 128) = 5). mmdet takes
+    any float; a stride is accepted when some N <= 8192 gives a map of m = ceil(N / expected)
+    >= 2 cells and N / m equals it (to 1e-6): no tolerance to tune, and a stride of another
+    level (550 / 35 for stride 8, or 4.0) never matches (one-cell maps would admit any stride
+    below the level's)."""
+    if not isinstance(given, float) or given <= 0:
+        return False
+    for cells in range(2, int(_MAX_INPUT_SIDE / given) + 2):
+        side = given * cells
+        if abs(side - round(side)) <= 1e-6 * side and \
+                -(-round(side) // expected) == cells:
+            return True
+    return False
+
+
 def _same_stride(given: Any, expected: Optional[int]) -> bool:
-    """A stride written as `s` or `(s_w, s_h)` equals the level stride (unknown: anything)."""
+    """A stride written as `s` or `(s_w, s_h)` equals the level stride (unknown: anything); a
+    fractional stride matches when it is input / map size for one input size
+    (`_input_over_map`, YOLACT)."""
     if expected is None:
         return True
     if isinstance(given, (list, tuple)):
-        return len(given) == 2 and all(g == expected for g in given)
-    return given == expected
+        return len(given) == 2 and all(_same_stride(g, expected) for g in given)
+    return given == expected or _input_over_map(given, expected)
 
 
 def _stride_field(cfg: Mapping, key: str, feed: _Feed, where: str, fill_missing: bool,
