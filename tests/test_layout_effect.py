@@ -21,7 +21,7 @@ from mmengine.config import Config
 
 from helpers import DEMO_CONFIG, MMDET_CONFIGS, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]  # ~40 min each on 2 CPU cores
 EPOCHS = 6
 
 
