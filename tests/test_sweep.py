@@ -144,6 +144,20 @@ def test_check_family_reports_a_broken_wiring(monkeypatch):
     assert result.status == 'rejected' and "in_channels='auto'" in result.reason
 
 
+def test_check_family_reports_maps_off_the_layout_contract(monkeypatch):
+    # rule: the matrix checks the layout contract: a backbone handing on maps that are not
+    # NCHW-contiguous fails the check (meta tensors have strides)
+    from timm_backbones import TimmBackbone
+    from timm_backbones._cache import clear_caches
+    clear_caches()  # maps of earlier checks are memoized with their backbone
+    monkeypatch.setattr(TimmBackbone, 'memory_format', property(lambda self: torch.channels_last))
+    try:
+        result = check_family('retinanet', 'resnet18')
+    finally:
+        clear_caches()
+    assert result.status == 'failed' and 'not contiguous_format' in result.reason, result
+
+
 def _rows(path):
     with open(path, newline='') as f:
         return list(csv.DictReader(f))
