@@ -40,7 +40,6 @@ scores do not move: mmdet's RTMDet head init leaves them nearly independent of t
 set (about 50 s of CPU time together); the other families are `slow`.
 """
 import copy
-import importlib.util
 import os
 
 import numpy as np
@@ -51,9 +50,8 @@ import timm_backbones  # noqa: F401  (the registry resolves timm backbones)
 from mmengine.config import Config, ConfigDict
 from timm_backbones import resolve_config
 from timm_backbones.convert import convert_state_dict, key_map, twin_config
+from helpers import MMDET_CONFIGS, merge
 
-MMDET_CONFIGS = os.path.join(importlib.util.find_spec('mmdet').submodule_search_locations[0],
-                             '.mim', 'configs')
 TOL = dict(batch=0.0, loss=0.0, grad=0.0, feats=0.0, boxes=0.0, scores=0.0)  # measured: all 0
 
 # family -> (mmdet config, changes to mmdet's config, applied to both builds)
@@ -80,14 +78,6 @@ FAMILIES = {
 SLOW = ('fcos', 'atss', 'mask-rcnn', 'cascade-rcnn', 'yolof', 'dino', 'rtmdet',
         'faster-rcnn-s50')
 WITH_MASK = ('mask-rcnn',)
-
-
-def merge(base, changes):
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
 
 
 def native_model(family):
