@@ -75,7 +75,7 @@ def _train(cfg, tmp_path):
     work = tmp_path / 'work'
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train.py'), str(path),
                            '--work-dir', str(work)], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=3600)
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=7000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     scalars = [json.loads(line) for line in open(next(work.glob('*/vis_data/scalars.json')))]
     return [s for s in scalars if any(k.startswith('coco/') for k in s)][-1]

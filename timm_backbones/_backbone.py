@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ._blocks import mark_blocks
 from ._freeze import freeze_stages
+from ._image_channels import check_image_channels
 from ._mmcv_layout import contiguous_mmcv_inputs
 from ._names import unwrapped_name
 from ._norms import convert_sync_batchnorm, set_norm_eval, to_frozen_bn
@@ -167,6 +168,8 @@ class TimmBackbone(BaseModule):
         # channels-last maps (this option, or `detector.to(memory_format=...)`) reach mmcv's
         # compiled ops through the neck: make them read contiguous copies (`_mmcv_layout.py`)
         contiguous_mmcv_inputs()
+        # 1- or 4-channel images meet the data preprocessor: a stated meaning or a clear error
+        check_image_channels()
         if compile_args is not None:
             self.compile(**compile_args)
 
@@ -302,10 +305,12 @@ class TimmBackbone(BaseModule):
             raise ValueError(f'TimmBackbone({self.model_name!r}) takes an NCHW image batch (a 4-d '
                              f'tensor), got {getattr(x, "shape", type(x).__name__)}')
         if x.shape[1] != self.in_channels:
+            c, want = x.shape[1], self.in_channels
+            values = f'{c} value(s) each' if c in (1, 3) else 'one value each'
+            color_type = {3: 'color', 1: 'grayscale'}.get(want, 'unchanged')
             raise ValueError(
-                f'TimmBackbone({self.model_name!r}) was built for in_channels='
-                f'{self.in_channels} but got images with {x.shape[1]} channel(s) (input shape '
-                f'{tuple(x.shape)}). Set the backbone\'s in_channels={x.shape[1]} (and give the '
-                f"data_preprocessor's mean/std {x.shape[1]} value(s) each), or load the images "
-                f"with {self.in_channels} channel(s) (e.g. LoadImageFromFile(color_type="
-                f"{'color' if self.in_channels == 3 else 'grayscale'!r})).")
+                f'TimmBackbone({self.model_name!r}) was built for in_channels={want} but got '
+                f'images with {c} channel(s) (input shape {tuple(x.shape)}). Set the '
+                f"backbone's in_channels={c} (and give the data_preprocessor's mean/std "
+                f'{values}), or load the images with {want} channel(s) (e.g. '
+                f'LoadImageFromFile(color_type={color_type!r})).')

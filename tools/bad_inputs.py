@@ -253,6 +253,9 @@ case("pad_size_divisor '32'", lambda: resolve_config(retinanet(**{
     'model.data_preprocessor.pad_size_divisor': '32'})), "pad_size_divisor.*(int|str)")
 case('in_channels=4 with 3-value mean/std', lambda: resolve_config(retinanet(dict(
     in_channels=4))), 'mean|std')
+case('RGBA image into a bgr_to_rgb preprocessor', lambda: init_detector(retinanet()).
+     data_preprocessor(dict(inputs=[torch.zeros(4, 64, 64, dtype=torch.uint8)]), False),
+     '4 channel.*bgr_to_rgb')
 case('init_detector with a timm state dict',
      lambda: init_detector(retinanet(), TIMM_SD), 'backbone')
 case('init_detector with a backbone state dict',
