@@ -11,7 +11,8 @@ from timm_backbones.zoo import (EXCLUDED, NATIVE, ZOO_BACKBONES, ZooFamily, ZooR
 from helpers import ROOT
 
 DOCS_CSV = os.path.join(ROOT, 'docs', 'zoo.csv')
-SAMPLE = [('retinanet', 'resnet18'), ('mask_rcnn', 'convnext_atto'), ('yolact', 'resnet18')]
+SAMPLE = [('retinanet', 'resnet18'), ('mask_rcnn', 'convnext_atto'), ('yolact', 'resnet18'),
+          ('sparse_rcnn', 'vit_tiny_patch16_224'), ('tood', 'resnet18')]
 
 
 @pytest.fixture(scope='module')
@@ -38,12 +39,28 @@ def test_sample_of_the_sweep(families, family, arch, one_thread):
     assert check_zoo_config(families[family].config, arch) == ('pass', '')
 
 
+def test_the_batch_carries_what_the_config_loads(families):
+    # rule: masks, semantic maps and proposals only where the config's training pipeline loads
+    # them (given proposals replace a two-stage detector's RPN; masks confuse RTMDet's assigner)
+    from timm_backbones.engine import load_config
+    from timm_backbones.zoo import _annotations, _batch
+    seen = {name: _annotations(load_config(families[name].config))
+            for name in ('faster_rcnn', 'mask_rcnn', 'fast_rcnn', 'rtmdet', 'panoptic_fpn')}
+    assert seen['faster_rcnn'] == dict(masks=False, sem_seg=False, proposals=False)
+    assert seen['mask_rcnn'] == dict(masks=True, sem_seg=False, proposals=False)
+    assert seen['fast_rcnn']['proposals'] and not seen['rtmdet']['masks']
+    assert seen['panoptic_fpn'] == dict(masks=True, sem_seg=True, proposals=False)
+    sample = _batch((64, 80), 2, **seen['faster_rcnn'])['data_samples'][1]
+    assert 'masks' not in sample.gt_instances and 'proposals' not in sample
+    assert 'gt_sem_seg' not in sample and len(sample.ignored_instances) == 0
+
+
 def test_mmdet_failures_are_counted_apart(monkeypatch):
     # rule: a swap failing where mmdet's own backbone fails too is 'mmdet-fails', with mmdet's
     # reason; a swap that passes passes
     outcomes = {None: ('fail', 'CARAFE needs CUDA'), 'a': ('fail', 'other'), 'b': ('pass', '')}
     monkeypatch.setattr('timm_backbones.zoo.check_zoo_config',
-                        lambda config, arch, size, timeout: outcomes[arch])
+                        lambda config, arch, *_: outcomes[arch])
     rows = zoo_sweep([ZooFamily('carafe', 'mmdet::carafe/x.py')], ['a', 'b'])
     assert [(r.backbone, r.status, r.reason) for r in rows] == [
         (NATIVE, 'fail', 'CARAFE needs CUDA'), ('a', 'mmdet-fails', 'CARAFE needs CUDA'),

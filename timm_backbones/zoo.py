@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ['ZooFamily', 'ZooResult', 'ZOO_BACKBONES', 'EXCLUDED', 'REPRESENTATIVE', 'SIZES', 'zoo_configs_root',
+__all__ = ['ZooFamily', 'ZooResult', 'ZOO_BACKBONES', 'EXCLUDED', 'REPRESENTATIVE', 'SIZES',
+           'BATCHES', 'zoo_configs_root',
            'zoo_families', 'check_zoo_config', 'zoo_sweep', 'write_zoo_csv', 'read_zoo_csv',
            'write_zoo_markdown', 'NATIVE']
 
@@ -67,8 +68,15 @@ REPRESENTATIVE = {
 }
 # Families whose smallest input is larger than the default (H, W): DINO picks its 900 queries
 # among the encoder's tokens (top-k), which 128x160 has too few of (426 at strides 8..64).
-SIZES: Dict[str, Tuple[int, int]] = {'dino': (256, 320), 'v3det': (256, 320)}
+# SSD300's extra layers end in unpadded 3x3 convolutions sized for its 300x300 input; DDOD's
+# deformable convolutions need 3x3 maps at stride 128; HTC with RFP (detectors) gets inverted
+# RoIs from its random-weight cascade at 128x160.
+SIZES: Dict[str, Tuple[int, int]] = {'dino': (256, 320), 'v3det': (256, 320), 'ssd': (300, 300),
+                                     'ddod': (384, 512), 'detectors': (256, 320)}
 DEFAULT_SIZE = (128, 160)
+# Families that need more than one image: ResNeSt's split attention pools each block to 1x1
+# before a BatchNorm, which cannot train on a single value per channel.
+BATCHES: Dict[str, int] = {'resnest': 2}
 TIMEOUT = 600  # seconds per check (on a busy 2-core machine at nice 19)
 _AVOID = ('caffe', 'dcn', 'mdconv', 'mdpool', 'gn', 'ms-', 'mstrain', 'lsj', 'crop', 'amp',
           'syncbn', 'instaboost', 'albu', 'poly', '2x', '3x', '20e', '24e', 'lvis', 'voc',
@@ -152,15 +160,21 @@ def _walk(node: Any, fn: Callable[[Any], None]) -> None:
         _walk(child, fn)
 
 
+def _pretrained(init: Any) -> bool:
+    """An init_cfg that loads weights: `type='Pretrained'`, or (PVT's) a `checkpoint` alone."""
+    return isinstance(init, Mapping) and (init.get('type') == 'Pretrained' or
+                                          ('checkpoint' in init and 'type' not in init))
+
+
 def _offline(node: Any) -> None:
     """Drop Pretrained init_cfgs and checkpoint paths; SyncBN -> BN (in place)."""
     if not isinstance(node, Mapping):
         return
     init = node.get('init_cfg')
-    if isinstance(init, Mapping) and init.get('type') == 'Pretrained':
+    if _pretrained(init):
         node['init_cfg'] = None
     elif isinstance(init, (list, tuple)):
-        kept = [i for i in init if not (isinstance(i, Mapping) and i.get('type') == 'Pretrained')]
+        kept = [i for i in init if not _pretrained(i)]
         node['init_cfg'] = kept or None
     if isinstance(node.get('pretrained'), str):
         node['pretrained'] = None if node.get('type') != 'TimmBackbone' else False
@@ -173,8 +187,25 @@ def _offline(node: Any) -> None:
         node['pretrained'] = False
 
 
-def _batch(size: Tuple[int, int], n: int = 1) -> Dict[str, Any]:
-    """`n` uint8 images with two boxes (and masks, a semantic map) each."""
+def _annotations(cfg: Mapping) -> Dict[str, bool]:
+    """What the config's own training pipeline loads: `masks` and `sem_seg` (its
+    `LoadAnnotations`; both where it has none) and `proposals` (`LoadProposals`: Fast R-CNN;
+    two-stage detectors use given proposals instead of their RPN)."""
+    found: List[Mapping] = []
+    _walk(cfg.get('train_dataloader', {}),
+          lambda n: found.append(n) if isinstance(n, Mapping) and 'type' in n else None)
+    kinds = [str(n['type']).split('.')[-1] for n in found]
+    loads = [(n, k == 'LoadPanopticAnnotations') for n, k in zip(found, kinds)
+             if k in ('LoadAnnotations', 'LoadPanopticAnnotations')]
+    return dict(masks=not loads or any(n.get('with_mask', p) for n, p in loads),
+                sem_seg=not loads or any(n.get('with_seg', p) for n, p in loads),
+                proposals='LoadProposals' in kinds)
+
+
+def _batch(size: Tuple[int, int], n: int = 1, masks: bool = True, sem_seg: bool = True,
+           proposals: bool = False) -> Dict[str, Any]:
+    """`n` uint8 images with two boxes each (and masks, a semantic map, proposals where the
+    config loads them), no ignored boxes."""
     import numpy as np
     import torch
     from mmdet.structures import DetDataSample
@@ -187,18 +218,22 @@ def _batch(size: Tuple[int, int], n: int = 1) -> Dict[str, Any]:
         inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
         boxes = torch.tensor([[0.1 * w, 0.1 * h, 0.5 * w, 0.55 * h],
                               [0.4 * w, 0.35 * h, 0.9 * w, 0.9 * h]], dtype=torch.float32)
-        masks = np.zeros((2, h, w), dtype=np.uint8)
+        bitmaps = np.zeros((2, h, w), dtype=np.uint8)
         for j, (x0, y0, x1, y1) in enumerate(boxes.round().int().tolist()):
-            masks[j, y0:y1, x0:x1] = 1
+            bitmaps[j, y0:y1, x0:x1] = 1
         sample = DetDataSample(metainfo=dict(
             img_id=i, img_path=f'{i}.jpg', ori_shape=(h, w), img_shape=(h, w), pad_shape=(h, w),
             scale_factor=(1.0, 1.0), flip=False, flip_direction=None, border=(0, 0, 0, 0)))
-        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 0]),
-                                           masks=BitmapMasks(masks, h, w))
-        sample.gt_ignore_instances = InstanceData(bboxes=torch.zeros(0, 4),
-                                                  labels=torch.zeros(0, dtype=torch.long))
-        sample.gt_sem_seg = PixelData(sem_seg=torch.zeros(1, h, w, dtype=torch.long))
-        sample.proposals = InstanceData(bboxes=boxes.clone(), scores=torch.ones(2))
+        sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([0, 0]))
+        if masks:
+            sample.gt_instances.masks = BitmapMasks(bitmaps, h, w)
+        ignored = InstanceData(bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long))
+        sample.gt_ignore_instances = ignored
+        sample.ignored_instances = ignored.clone()  # CrowdDet's name for them
+        if sem_seg:
+            sample.gt_sem_seg = PixelData(sem_seg=torch.zeros(1, h, w, dtype=torch.long))
+        if proposals:
+            sample.proposals = InstanceData(bboxes=boxes.clone(), scores=torch.ones(2))
         samples.append(sample)
     return dict(inputs=inputs, data_samples=samples)
 
@@ -225,7 +260,7 @@ def _where(err: BaseException) -> str:
 
 def check_zoo_config(config: str, arch: Optional[str] = None,
                      size: Tuple[int, int] = DEFAULT_SIZE,
-                     timeout: int = TIMEOUT) -> Tuple[str, str]:
+                     timeout: int = TIMEOUT, batch: int = 1) -> Tuple[str, str]:
     """Swap (unless `arch` is None: mmdet's own backbone), resolve, build, one training step
     and `predict` of an mmdet config on CPU on a synthetic batch.
 
@@ -234,6 +269,7 @@ def check_zoo_config(config: str, arch: Optional[str] = None,
         arch: The timm model, or None for the config's own backbone.
         size: Image (H, W).
         timeout: Seconds before the check counts as failed.
+        batch: Images in the batch.
 
     Returns:
         ('pass', '') or ('fail', the first line of the error and where it came from).
@@ -243,6 +279,7 @@ def check_zoo_config(config: str, arch: Optional[str] = None,
         ('pass', '')
     """
     import torch
+    from mmengine.logging import MessageHub
     from mmengine.optim import OptimWrapper
 
     from .engine import build_detector, load_config
@@ -260,10 +297,19 @@ def check_zoo_config(config: str, arch: Optional[str] = None,
         _walk(cfg['model'], _offline)
         if 'teacher_ckpt' in cfg['model']:  # knowledge distillation: a teacher checkpoint URL
             cfg['model']['teacher_ckpt'] = None
+        teacher = cfg['model'].get('teacher_config')
+        if isinstance(teacher, str) and teacher.startswith('configs/'):
+            # LD names its teacher relative to mmdet's repository root (works from there only)
+            cfg['model']['teacher_config'] = str(zoo_configs_root().parent / teacher)
         cfg = resolve_config(cfg)
         torch.manual_seed(0)
         model = build_detector(cfg)
-        data = _batch(size)
+        data = _batch(size, batch, **_annotations(cfg))
+        # what the runner sets before a training step: the iteration (YOLOX's batch resize
+        # reads it) and the epoch (TOOD's warm-up reads it)
+        hub = MessageHub.get_current_instance()
+        hub.update_info('iter', 0)
+        hub.update_info('epoch', 0)
         model.train()
         optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4))
         losses = model.train_step(copy.deepcopy(data), optim)
@@ -313,7 +359,8 @@ def zoo_sweep(families: Sequence[ZooFamily], backbones: Sequence[str] = ZOO_BACK
             return done[key]
         size = SIZES.get(family.name, DEFAULT_SIZE)
         start = time.perf_counter()
-        status, reason = check_zoo_config(family.config, arch, size, timeout)
+        status, reason = check_zoo_config(family.config, arch, size, timeout,
+                                          BATCHES.get(family.name, 1))
         if arch is not None and status == 'fail':
             native = run(family, None)
             if native.status != 'pass':
@@ -383,17 +430,18 @@ def write_zoo_markdown(results: Sequence[ZooResult], families: Sequence[ZooFamil
               '(`timm_backbones.zoo.zoo_families`), its backbone swapped for each timm model with '
               '`swap_backbone` (levels by stride, derived fields `auto`), resolved, built, one '
               'training step and `predict` on CPU on a synthetic batch of one 128x160 image '
-              '(random weights: `Pretrained` init_cfgs dropped; SyncBN replaced by BN on both '
-              'sides, no process group here). The same run with mmdet\'s own backbone '
-              '(`native`) separates failures of mmdet here (CPU-only ops missing, optional '
-              'packages) from ours.', '',
-              '"Fails in mmdet too" means the native run failed *in this check*: for some '
-              'families that is the check\'s synthetic batch or settings, not mmdet (PVT: its '
-              'init_cfg without a type is not dropped and downloads; ResNeSt: BatchNorm on a '
-              '1x1 map at batch 1; CrowdDet, QueryInst, Sparse R-CNN, RTMDet, TOOD, YOLOX: '
-              'fields or metadata the synthetic sample lacks or masks they do not take; SSD: '
-              '128x160 is below SSD300\'s input). Those rows are open work of the check (issue '
-              '30), not verdicts on mmdet.', '']
+              '(`SIZES`, `BATCHES`: larger or more images where a family needs them) with two '
+              'boxes, and masks, a semantic map or proposals where the config\'s own training '
+              'pipeline loads them; the iteration and epoch set as the runner sets them; random '
+              'weights (`Pretrained` init_cfgs dropped; SyncBN replaced by BN on both sides, no '
+              'process group here). The same run with mmdet\'s own backbone (`native`) '
+              'separates failures of mmdet here from ours.', '',
+              '"Fails in mmdet too" means mmdet\'s own config fails this check, for the reason '
+              'shown: CPU-only ops (CARAFE, masked convolution), optional packages not installed '
+              '(mmpretrain, scikit-image, scikit-learn, Detectron2), bugs of mmdet 3.3.0 (Cascade '
+              'RPN\'s config lacks `num_classes`; `SSDHead.predict` reads a `loss_cls` it does '
+              'not have), or a detector whose random-weight boxes break mmdet\'s own post-'
+              'processing (QueryInst\'s mask paste).', '']
     if command:
         lines += [f'Regenerate: `{command}`', '']
     if environment:

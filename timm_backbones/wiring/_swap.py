@@ -276,6 +276,16 @@ def _new_backbone(old: Mapping[str, Any], arch: str, path: str,
 def _swap_detector(det: MutableMapping, arch: str, path: str, pretrained: Any) -> List[str]:
     """Replace `det['backbone']` in place and set the fields it feeds to 'auto'."""
     old = det['backbone']
+    roi = det.get('roi_head')
+    if isinstance(roi, Mapping) and isinstance(roi.get('shared_head'), Mapping):
+        shared = roi['shared_head']
+        raise ValueError(
+            f'{path}.roi_head.shared_head ({type_name(shared)}, stage={shared.get("stage")}) is '
+            f"a stage of the old backbone ({type_name(old)}) run on each RoI (a C4 detector: "
+            f'TridentNet, faster-rcnn_r50-caffe-c4): it is built for that backbone\'s channels '
+            f"and cannot take a timm model's maps, so the swap cannot carry it. Swap the "
+            f"family's FPN config instead (e.g. "
+            f"'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').")
     new, notes = _new_backbone(old, arch, f'{path}.backbone', pretrained)
     det['backbone'] = new
     necks = neck_configs(det, path)
@@ -293,10 +303,6 @@ def _swap_detector(det: MutableMapping, arch: str, path: str, pretrained: Any) -
                 head['in_channels'] = 'auto'
                 notes.append(f"{path}.{key}.in_channels='auto': the head takes the backbone's "
                              f'maps directly')
-    roi = det.get('roi_head')
-    if isinstance(roi, Mapping) and isinstance(roi.get('shared_head'), Mapping):
-        notes.append(f'{path}.roi_head.shared_head ({type_name(roi["shared_head"])}) is a stage '
-                     f'of the old backbone: not carried, it still expects the old channels')
     pre = det.get('data_preprocessor')
     if isinstance(pre, MutableMapping):
         if 'mean' in pre or 'std' in pre:
