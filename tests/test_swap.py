@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 
@@ -253,6 +254,25 @@ def test_train_py_backbone_flag(resnet_demo):
                 'convnext_atto', '--work-dir', 'ours', '--cfg-options', *SMALL,
                 'model.backbone.pretrained=False'], resnet_demo)
     assert 'swap:' in out and (resnet_demo / 'ours' / 'epoch_1.pth').is_file()
+    # tools/test.py CONFIG CKPT --backbone ARCH evaluates that checkpoint with the same swap
+    out = _run([os.path.join(ROOT, 'tools', 'test.py'), 'resnet_demo.py', 'ours/epoch_1.pth',
+                '--backbone', 'convnext_atto', '--work-dir', 'ours_test', '--cfg-options', *SMALL,
+                'model.backbone.pretrained=False'], resnet_demo)
+    assert 'swap:' in out and 'Epoch(test) [1/1]' in out
+    loaded = re.search(r'loaded (\d+)/(\d+) tensors of the model from ours/epoch_1.pth', out)
+    assert loaded and loaded[1] == loaded[2], out[-3000:]  # every tensor of the swapped model
+
+
+def test_refused_swap_through_the_tools(resnet_demo):
+    # rule: a refused swap stops the tool naming the flag, the value and the close matches
+    for tool in ('train.py', 'test.py'):
+        args = [os.path.join(ROOT, 'tools', tool), 'resnet_demo.py'] + \
+            (['missing.pth'] if tool == 'test.py' else []) + ['--backbone', 'convnext_ato']
+        proc = subprocess.run([sys.executable, *args], cwd=str(resnet_demo), capture_output=True,
+                              text=True, timeout=600, env=dict(os.environ, PYTHONPATH=ROOT))
+        assert proc.returncode != 0
+        assert '--backbone convnext_ato: ValueError' in proc.stderr and 'convnext_atto' in \
+            proc.stderr, proc.stderr[-2000:]
 
 
 def test_mmdet_train_py_with_cfg_options(resnet_demo):

@@ -27,8 +27,7 @@ from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
 from timm_backbones.deploy import onnx_test_config  # registers OnnxDetector
-from timm_backbones.engine import load_config
-from timm_backbones.wiring import swap_backbone
+from timm_backbones.engine import add_backbone_argument, tool_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,11 +46,7 @@ def parse_args() -> argparse.Namespace:
         help='directory where painted images will be saved. If specified, it will be '
         'automatically saved to the work_dir/timestamp/show_dir')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--backbone', metavar='ARCH',
-        help="replace the config's backbone by the timm model ARCH (levels matched by stride, "
-        "derived fields 'auto', frozen_stages/norm_eval/with_cp/SyncBN carried over); "
-        "--cfg-options apply after the swap (e.g. model.backbone.pretrained=False)")
+    add_backbone_argument(parser)
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override some settings in the used config, the key-value pair in xxx=yyy format '
@@ -74,18 +69,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
 
-    cfg = load_config(args.config)  # a syntax error names the file and line
+    cfg = tool_config(args.config, args.backbone, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.backbone is not None:
-        try:
-            swapped = swap_backbone(cfg, args.backbone)
-        except (ValueError, TypeError) as err:
-            raise SystemExit(f'--backbone {args.backbone}: {type(err).__name__}: {err}') from err
-        cfg = swapped.config
-        for line in swapped.notes:
-            print(f'swap: {line}')
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
 
     # work_dir is determined in this priority: CLI > segment in file > filename
     if args.work_dir is not None:
