@@ -91,6 +91,34 @@ def test_full_disk_stops_with_clear_error(runner, monkeypatch):
     assert read_checkpoint(os.path.join(work_dir, 'epoch_1.pth'))['state_dict']
 
 
+def test_old_checkpoint_deleted_only_after_the_new_one(runner, monkeypatch):
+    # rule: with max_keep_ckpts=1 mmengine's hook deletes epoch_1.pth before it writes
+    # epoch_2.pth; a kill during that write left nothing to resume from. The deletion now waits
+    # until the new checkpoint and last_checkpoint are written; a failed save deletes nothing
+    hook = runner.hooks[0]
+    hook.max_keep_ckpts = 1
+    hook.before_train(runner)
+    save_epoch(runner, 1)
+    work_dir = runner.work_dir
+    seen = []
+    save = type(runner).save_checkpoint
+
+    def watched(self, *args, **kwargs):
+        seen.append(os.path.exists(os.path.join(work_dir, 'epoch_1.pth')))
+        return save(self, *args, **kwargs)
+    monkeypatch.setattr(type(runner), 'save_checkpoint', watched)
+    save_epoch(runner, 2)
+    assert seen == [True]  # epoch_1.pth still there while epoch_2.pth was written
+    ckpts = lambda: [n for n in files(work_dir) if n.endswith('.pth') or n.startswith('.')]  # noqa
+    assert ckpts() == ['epoch_2.pth']  # then deleted, as asked
+    monkeypatch.setattr(LocalBackend, 'put', lambda self, obj, path: (_ for _ in ()).throw(
+        OSError(errno.EIO, 'I/O error')))
+    with pytest.raises(CheckpointWriteError):
+        save_epoch(runner, 3)
+    assert ckpts() == ['epoch_2.pth']  # nothing deleted
+    assert isinstance(hook.file_backend, LocalBackend)  # the hook's own backend again
+
+
 def test_pointer_write_interrupted_keeps_old_pointer(tmp_path):
     # rule: the hook's open(last_checkpoint, 'w') writes a temporary file, renamed on close;
     # an error before the close leaves the old pointer as it was

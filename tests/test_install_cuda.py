@@ -196,3 +196,49 @@ def test_cpu_wheel_under_the_earlier_key_is_reused_for_cpu_only(tmp_path, fake_n
     assert proc.returncode == 0 and proc.stdout.strip() == str(legacy), proc.stderr
     proc = build(environment(GPU_TORCH, [fake_nvcc]), tmp_path)
     assert proc.returncode != 0 and 'could not download' in proc.stderr
+
+
+# ---- KEEP_TORCH=1: a GPU image's own torch -------------------------------------------------------
+INSTALL = os.path.join(ROOT, 'tools', 'install.sh')
+
+
+def install(tmp_path, **settings):
+    env = {k: v for k, v in os.environ.items() if k not in ('VENV', 'PYTHON', 'KEEP_TORCH')}
+    env.update(VENV=str(tmp_path / 'venv'), **settings)
+    return subprocess.run(['bash', INSTALL], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+def test_keep_torch_bad_value(tmp_path):
+    proc = install(tmp_path, KEEP_TORCH='yes')
+    assert proc.returncode != 0
+    assert 'KEEP_TORCH=yes: use 1' in proc.stderr and not (tmp_path / 'venv').exists()
+
+
+def test_keep_torch_needs_a_cuda_torch(tmp_path):
+    # an interpreter without torch: refused naming PYTHON= and the default
+    bare = tmp_path / 'bare'
+    subprocess.run([sys.executable, '-m', 'venv', '--without-pip', str(bare)], check=True)
+    proc = install(tmp_path, KEEP_TORCH='1', PYTHON=str(bare / 'bin' / 'python'))
+    assert proc.returncode != 0
+    assert 'has no CUDA build of torch' in proc.stderr and 'PYTHON=' in proc.stderr
+
+
+@pytest.mark.slow
+def test_keep_torch_keeps_the_interpreters_torch(tmp_path):
+    # the project's venv holds the pinned CUDA torch (+cu130): a new venv made from it with
+    # KEEP_TORCH=1 uses that torch (not a copy), and mmcv's ops load against it
+    import torch
+    if not torch.version.cuda:
+        pytest.skip('the running torch is a CPU build: KEEP_TORCH=1 keeps CUDA builds only')
+    proc = install(tmp_path, KEEP_TORCH='1', PYTHON=sys.executable)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert 'keeping torch' in proc.stderr
+    py = str(tmp_path / 'venv' / 'bin' / 'python')
+    out = subprocess.run([py, '-c', 'import torch, mmcv.ops, mmdet, timm_backbones; '
+                          'print(torch.__file__); print(torch.__version__)'],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    where, version = out.stdout.split()
+    assert where == torch.__file__ and version == torch.__version__
+    assert not list((tmp_path / 'venv' / 'lib').glob('python*/site-packages/torch'))

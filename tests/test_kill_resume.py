@@ -9,7 +9,8 @@ say where the run continued from. Kill points:
 - an empty `last_checkpoint` (as a kill while mmengine truncated and rewrote it left it before
   the atomic writes): `--resume` continues from the newest complete checkpoint (fast suite);
 - while writing `last_checkpoint` (after 10 bytes of its second write), during validation
-  (the first validation batch after epoch 2), in a dataloader worker (its 40th sample, in epoch 2)
+  (the first validation batch after epoch 2), in a dataloader worker (its 40th sample, in epoch 2),
+  mid-checkpoint-write with `max_keep_ckpts=1`
   (`slow`). Between iterations: tests/test_resume.py.
 """
 import os
@@ -220,3 +221,18 @@ def test_killed_dataloader_worker(resume_demo, resume_uninterrupted, faults):
     last = pointer(work_dir)
     log = resume_and_compare(config, work_dir, resume_uninterrupted)
     assert f'resumed epoch: {last[-5]}' in log
+
+
+@pytest.mark.slow
+def test_killed_mid_checkpoint_write_keeping_one(resume_demo, resume_uninterrupted, faults):
+    # rule: with max_keep_ckpts=1 (mmengine deletes the old checkpoint before writing the new
+    # one) a kill half-way through epoch_2.pth still leaves epoch_1.pth to resume from
+    root, config = resume_demo
+    work_dir = root / 'killed_mid_checkpoint_keep1'
+    keep = ('--cfg-options', 'default_hooks.checkpoint.max_keep_ckpts=1')
+    code, out = killed_run(faults, config, work_dir, f'checkpoint:epoch_2.pth:{1 << 20}', *keep)
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert (work_dir / 'epoch_1.pth').exists() and not (work_dir / 'epoch_2.pth').exists()
+    log = resume_and_compare(config, work_dir, resume_uninterrupted, *keep)
+    assert 'resumed epoch: 1' in log
+    assert [p.name for p in work_dir.glob('epoch_*.pth')] == [f'epoch_{EPOCHS}.pth']

@@ -14,6 +14,9 @@ disk) leaves either the previous state or the new one, never a truncated file un
   `open(path, 'w')` after each save (truncate, then write). While the runner calls its hooks,
   that one `open` is given an atomic writer (temporary file, fsync, rename, folder fsync); every
   other file it opens goes to Python's own `open`.
+- `removals_after_saves`: the old checkpoints the hook deletes (`max_keep_ckpts`) are deleted
+  after the new checkpoint and the pointer are written (mmengine deletes first: with
+  `max_keep_ckpts=1` a kill during the write left nothing to resume from).
 - `resume_source`: what `--resume` (auto) continues from: the checkpoint `last_checkpoint` names
   when that file is complete; otherwise (an empty or cut pointer, a missing or truncated file)
   the newest complete `epoch_N.pth` / `iter_N.pth` in the work dir, with a log line saying so;
@@ -27,14 +30,14 @@ import errno
 import logging
 import os
 import shutil
-from typing import IO, Any, Iterator, List, Optional
+from typing import IO, Any, Iterator, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
 from .._checkpoint import checkpoint_problem, complete_checkpoints
 
 __all__ = ['CheckpointWriteError', 'atomic_checkpoint', 'atomic_write', 'atomic_pointer_writes',
-           'fsync_dir', 'resume_source', 'check_resume_file', 'POINTER']
+           'removals_after_saves', 'fsync_dir', 'resume_source', 'check_resume_file', 'POINTER']
 
 POINTER = 'last_checkpoint'  # mmengine's name for the work dir's pointer file
 _TMP = '.tmp-'  # temporary files are '.<final name>.tmp-<pid>'
@@ -191,6 +194,56 @@ def atomic_pointer_writes() -> Iterator[None]:
         yield
     finally:
         module.pop('open', None)
+
+
+class _DeferredRemovals:
+    """A `CheckpointHook`'s file backend whose `remove` / `rmtree` are recorded, not done;
+    everything else is the backend's own."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.pending: List[Tuple[str, str]] = []
+
+    def remove(self, path: str) -> None:
+        self.pending.append(('remove', path))
+
+    def rmtree(self, path: str) -> None:
+        self.pending.append(('rmtree', path))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+@contextlib.contextmanager
+def removals_after_saves(hooks: Sequence[Any]) -> Iterator[None]:
+    """Inside: the old checkpoints a `CheckpointHook` deletes (`max_keep_ckpts`, a former best
+    checkpoint) are deleted on exit, after the new checkpoint and `last_checkpoint` are written,
+    and not at all if the save failed. mmengine deletes the oldest kept checkpoint *before* it
+    writes the new one: with `max_keep_ckpts=1` a kill during that write left no complete
+    checkpoint to resume from.
+
+    Example:
+        >>> with removals_after_saves(runner.hooks):
+        ...     runner.call_hook('after_train_epoch')
+    """
+    from mmengine.hooks import CheckpointHook
+    deferred = []
+    for hook in hooks:
+        backend = getattr(hook, 'file_backend', None)
+        if isinstance(hook, CheckpointHook) and backend is not None and \
+                not isinstance(backend, _DeferredRemovals):
+            hook.file_backend = _DeferredRemovals(backend)
+            deferred.append(hook)
+    try:
+        yield
+    except BaseException:
+        for hook in deferred:
+            hook.file_backend = hook.file_backend.backend
+        raise
+    for hook in deferred:
+        proxy, hook.file_backend = hook.file_backend, hook.file_backend.backend
+        for kind, path in proxy.pending:
+            getattr(hook.file_backend, kind)(path)
 
 
 # ---- which checkpoint to resume from -----------------------------------------------------------

@@ -36,7 +36,8 @@ from .._checkpoint import (check_checkpoint_file, checkpoint_loading, from_plain
 from .._names import unwrapped_name
 from .._weights import verify_detector_checkpoint
 from ..wiring import resolve_config
-from ._atomic import atomic_checkpoint, atomic_pointer_writes, check_resume_file, resume_source
+from ._atomic import (atomic_checkpoint, atomic_pointer_writes, check_resume_file,
+                      removals_after_saves, resume_source)
 from ._optim_state import resume_state, saved_state
 from ._seeding import per_sample_seed_dataloader
 
@@ -175,10 +176,11 @@ class TimmRunnerMixin:
         and verified before the hooks see it (`after_load_checkpoint`); one about to be written
         is turned into tensors and plain containers after every hook's
         `before_save_checkpoint`. Hooks write `last_checkpoint` atomically
-        (`atomic_pointer_writes`)."""
+        (`atomic_pointer_writes`), and delete old checkpoints only after the new one and the
+        pointer are written (`removals_after_saves`)."""
         if fn_name == 'after_load_checkpoint':
             self._after_read(kwargs['checkpoint'])
-        with atomic_pointer_writes():
+        with atomic_pointer_writes(), removals_after_saves(self.hooks):  # type: ignore
             super().call_hook(fn_name, **kwargs)  # type: ignore[misc]
         if fn_name == 'before_save_checkpoint':
             checkpoint = to_plain_checkpoint(kwargs['checkpoint'])
