@@ -27,7 +27,7 @@ from torch import Tensor
 __all__ = ['MMCV_FEATURE_OPS', 'contiguous_mmcv_inputs', 'patched_mmcv_ops']
 
 # (module of mmcv.ops, autograd Function) of every mmcv op that reads feature maps (or, for the
-# focal losses, logits) through a compiled kernel
+# focal losses, logits; for NMS, boxes and scores) through a compiled kernel
 MMCV_FEATURE_OPS: Tuple[Tuple[str, str], ...] = (
     ('roi_align', 'RoIAlignFunction'),
     ('roi_pool', 'RoIPoolFunction'),
@@ -48,6 +48,10 @@ MMCV_FEATURE_OPS: Tuple[Tuple[str, str], ...] = (
     ('correlation', 'CorrelationFunction'),
     ('focal_loss', 'SigmoidFocalLossFunction'),
     ('focal_loss', 'SoftmaxFocalLossFunction'),
+    # boxes and scores: under bfloat16 autocast the RPN's proposals reach NMS in bfloat16
+    # (`expected scalar type Float but found BFloat16`)
+    ('nms', 'NMSop'),
+    ('nms', 'SoftNMSop'),
 )
 
 # ops whose outputs are losses: computed from bfloat16 inputs, they stay float32

@@ -25,7 +25,9 @@ On request only (--only gpu --device cuda; --dtype fp32|fp16|bf16, --channels-la
              (batch 8 at 800x1344, RTMDet at its 640x640; --quick: batch 2 at 512x512), and
              the RetinaNet training step timm resnet50 / mmdet ResNet-50 (img/s ratio). A family
              whose mmcv ops lack a kernel for the dtype (mmcv 2.1.0: no bf16 RoIAlign, focal
-             loss, deformable attention) is listed as refused, with the op.
+             loss, deformable attention) is listed as refused, with the op. And the training
+             step of `tools/train.py --fast` (fast_recipe) vs the default fp32 recipe for
+             RetinaNet, Faster R-CNN and Mask R-CNN (speedup, peak memory).
 
 Memory is measured in fresh child processes: peak resident memory (VmHWM, reset through
 /proc/self/clear_refs) during the step, minus the resident memory before it.
@@ -613,6 +615,51 @@ def _gpu_family(config: str, batch: int, size: Tuple[int, int], reps: int) -> Di
     return out
 
 
+def _fast_vs_default(config: str, batch: int, size: Tuple[int, int], reps: int
+                     ) -> Dict[str, Any]:
+    """Training step of a shipped config: mmdet's default recipe (fp32, OptimWrapper,
+    contiguous maps) vs `tools/train.py --fast` (`fast_recipe`: bf16 autocast, channels-last,
+    cuDNN autotuning), same weights and batch, interleaved; the speedup is default / fast."""
+    import torch
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+    from timm_backbones import init_detector
+    from timm_backbones.engine import fast_recipe, load_config
+    path = os.path.join(ROOT, 'configs', config)
+    torch.manual_seed(0)
+    models = {'default': init_detector(path, device=DEVICE)}
+    cfg = load_config(path)
+    fast_recipe(cfg, 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16')
+    models['fast'] = init_detector(cfg, device=DEVICE)
+    models['fast'].load_state_dict(models['default'].state_dict())
+
+    def sgd(model):
+        return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                               momentum=0.9)
+    optims = {'default': OptimWrapper(optimizer=sgd(models['default'])),
+              'fast': AmpOptimWrapper(optimizer=sgd(models['fast']),
+                                      dtype=cfg.optim_wrapper.dtype)}
+    data = det_batch(batch, size, with_masks='mask-rcnn' in config)
+    benchmark = torch.backends.cudnn.benchmark
+
+    def step(key):
+        def run():
+            torch.backends.cudnn.benchmark = key == 'fast'
+            models[key].train()
+            models[key].train_step(data, optims[key])
+        return run
+    try:
+        times = interleaved({k: step(k) for k in models}, reps)
+        mem = {k: peak_memory(step(k))[0] for k in models}
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+    del models, optims
+    torch.cuda.empty_cache()
+    return dict(input=[batch, 3, *size], speedup=ratio(times, 'default', 'fast'), peak_mb=mem,
+                dtype=cfg.optim_wrapper.dtype,
+                **{k: dict(seconds=summary(v), images_per_s=batch / statistics.median(v))
+                   for k, v in times.items()})
+
+
 def bench_gpu(q: int) -> Dict[str, Any]:
     import torch
     from timm_backbones.families import DETECTION, FAMILIES
@@ -664,6 +711,21 @@ def bench_gpu(q: int) -> Dict[str, Any]:
              f"{mem['timm']:.0f} vs {mem['mmdet']:.0f}")
     del mmdet_model, timm_model
     torch.cuda.empty_cache()
+    # the fast recipe (tools/train.py --fast) vs mmdet's default fp32 step, two-stage and dense
+    fast_rows = []
+    for name in ('retinanet', 'faster-rcnn', 'mask-rcnn'):
+        family = FAMILIES[name]
+        r = _fast_vs_default(family.config, batch, size, reps)
+        results[f'fast_recipe/{name}'] = r
+        fast_rows.append([name, f'{batch}x3x{size[0]}x{size[1]}', r['dtype'],
+                          f"{r['default']['images_per_s']:.1f}", f"{r['fast']['images_per_s']:.1f}",
+                          fmt_ratio(r['speedup']), f"{r['peak_mb']['default']:.0f}",
+                          f"{r['peak_mb']['fast']:.0f}"])
+        print(fast_rows[-1], flush=True)
+    text += ('\n\nTraining step, `tools/train.py --fast` (fast_recipe) vs the default fp32 '
+             'recipe, same weights and batch (speedup = default time / fast time):\n\n')
+    text += table(['family', 'input', 'fast dtype', 'default img/s', 'fast img/s', 'speedup',
+                   'default peak MB', 'fast peak MB'], fast_rows)
     return dict(results=results, table=text)
 
 

@@ -5,11 +5,14 @@ Same arguments as mmdet's tools/train.py. Configs are built by their `runner_typ
 backbone before anything is built. Distributed: tools/dist_train.sh.
 
 `--backbone ARCH` swaps the config's backbone for the timm model ARCH first (any mmdet config,
-by path or `mmdet::` name; `timm_backbones.wiring.swap_backbone`).
+by path or `mmdet::` name; `timm_backbones.wiring.swap_backbone`). `--fast` trains with the fast
+GPU recipe (`timm_backbones.engine.fast_recipe`: bfloat16 autocast, channels-last, cuDNN
+autotuning).
 
 Example:
     python tools/train.py configs/retinanet_timm-pvt-v2-b2_fpn_1x_coco.py --work-dir work_dirs/r
     python tools/train.py mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py --backbone convnext_tiny
+    python tools/train.py configs/mask-rcnn_timm-convnext-tiny_fpn_1x_coco.py --fast
 """
 import argparse
 import os
@@ -19,16 +22,22 @@ from mmdet.registry import RUNNERS
 from mmengine.config import DictAction
 
 from timm_backbones import TimmBackboneRunner  # the import registers the package's modules
-from timm_backbones.engine import add_backbone_argument, tool_config
+from timm_backbones.engine import add_backbone_argument, fast_recipe, tool_config
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector with a timm backbone')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument(
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
         '--amp', action='store_true', default=False,
         help='enable automatic-mixed-precision training')
+    precision.add_argument(
+        '--fast', action='store_true', default=False,
+        help='the fast GPU recipe (timm_backbones.engine.fast_recipe): bfloat16 autocast '
+        '(float16 on GPUs without bfloat16), channels-last backbone, neck and heads, cuDNN '
+        'autotuning; --cfg-options apply after it')
     parser.add_argument(
         '--auto-scale-lr', action='store_true', help='enable automatically scaling LR.')
     parser.add_argument(
@@ -49,12 +58,21 @@ def parse_args() -> argparse.Namespace:
     # torch.distributed.launch passes --local-rank (torch >= 2.0), older versions --local_rank
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
+    if args.fast and not _has_cuda():
+        parser.error('--fast is a GPU recipe (bfloat16 autocast, channels-last, cuDNN '
+                     'autotuning) and needs a CUDA device; this machine has none: run without '
+                     '--fast.')
     if args.amp and not _has_amp_device():
         parser.error('--amp needs a CUDA, NPU, MLU or MUSA device (mmengine\'s AmpOptimWrapper '
                      'supports no other); this machine has none: run without --amp.')
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     return args
+
+
+def _has_cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def _has_amp_device() -> bool:
@@ -67,7 +85,14 @@ def _has_amp_device() -> bool:
 def main() -> None:
     args = parse_args()
 
-    cfg = tool_config(args.config, args.backbone, args.cfg_options)
+    cfg = tool_config(args.config, args.backbone)
+    if args.fast:
+        import torch
+        dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+        for line in fast_recipe(cfg, dtype):
+            print(f'fast: {line}')
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
 
     # work_dir is determined in this priority: CLI > segment in file > filename

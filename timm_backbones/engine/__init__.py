@@ -2,7 +2,8 @@
 `FlexibleRunner`), detector building on every route (registries that resolve what they build,
 `build_detector`, `init_detector`), ONNX export (`export_onnx`, `check_onnx`), training hooks,
 timm's layer-wise lr decay and FSDP policies for timm blocks, and what the command-line tools
-share (`tool_config`, `add_backbone_argument`). Importing it
+share (`tool_config`, `add_backbone_argument`), and the fast GPU training recipe
+(`fast_recipe`, `tools/train.py --fast`). Importing it
 registers `TimmBackboneRunner` and `TimmBackboneFlexibleRunner` (RUNNERS), `LossCurveHook`
 (HOOKS) and `TimmLayerDecayOptimWrapperConstructor` (OPTIM_WRAPPER_CONSTRUCTORS), and the
 per-sample augmentation seeding `PerSampleSeedDataset` (DATASETS) and `PerSampleSeedSampler`
@@ -16,6 +17,7 @@ from ._fsdp import TimmBlockWrapPolicy, timm_block_check_fn, timm_block_wrap_pol
 from ._hooks import LossCurveHook
 from ._layer_decay import (NoGroupMatcherError, TimmLayerDecayOptimWrapperConstructor,
                            layer_decay_settings)
+from ._recipe import FAST_DTYPES, fast_recipe
 from ._runner import TimmBackboneRunner
 from ._tools import add_backbone_argument, tool_config
 from ._seeding import (PerSampleSeedDataset, PerSampleSeedSampler, SampleIndex,
@@ -28,4 +30,5 @@ __all__ = ['TimmBackboneRunner', 'TimmBackboneFlexibleRunner', 'TimmBlockWrapPol
            'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings',
            'NoGroupMatcherError', 'export_onnx', 'check_onnx', 'run_onnx', 'flatten_tensors',
            'PerSampleSeedDataset', 'PerSampleSeedSampler', 'SampleIndex', 'seeded',
-           'per_sample_seed_dataloader', 'add_backbone_argument', 'tool_config']
+           'per_sample_seed_dataloader', 'add_backbone_argument', 'tool_config',
+           'fast_recipe', 'FAST_DTYPES']
