@@ -165,6 +165,13 @@ def test_c4_shared_head_is_refused(path):
         swapped(path, 'resnet18')
 
 
+def test_recursive_feature_pyramid_is_refused():
+    # rule: DetectoRS' RFP neck holds a second backbone fed back from the pyramid: refused with
+    # the reason (was: "has no level of stride 1", the image it takes as a level)
+    with pytest.raises(ValueError, match=r"recursive feature pyramid.*rfp_backbone.*htc_r50_fpn"):
+        swapped('detectors/htc_r50-rfp_1x_coco.py', 'resnet18')
+
+
 # ---- heads fed by the backbone; YOLACT's strides ---------------------------------------------------
 def test_mask2former_head_takes_the_backbone_maps():
     # rule: without a neck, heads fed by the backbone get in_channels='auto'

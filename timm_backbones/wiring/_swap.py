@@ -286,9 +286,16 @@ def _swap_detector(det: MutableMapping, arch: str, path: str, pretrained: Any) -
             f"and cannot take a timm model's maps, so the swap cannot carry it. Swap the "
             f"family's FPN config instead (e.g. "
             f"'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py').")
+    necks = neck_configs(det, path)
+    if necks and isinstance(necks[0][1], Mapping) and 'rfp_backbone' in necks[0][1]:
+        raise ValueError(
+            f'{necks[0][0]} ({type_name(necks[0][1])}) is DetectoRS\' recursive feature pyramid: '
+            f'it holds a second {type_name(necks[0][1]["rfp_backbone"])} (rfp_backbone) that '
+            f'takes the image ({path}.backbone output_img=True) and the pyramid fed back into '
+            f"its stages, so no timm model can take the backbone's place. Swap a config without "
+            f"RFP instead (e.g. 'mmdet::htc/htc_r50_fpn_1x_coco.py').")
     new, notes = _new_backbone(old, arch, f'{path}.backbone', pretrained)
     det['backbone'] = new
-    necks = neck_configs(det, path)
     if necks:
         where, neck = necks[0]
         if type_name(neck) in NECKS:
