@@ -88,11 +88,9 @@ def test_recipe_losses_under_cpu_bfloat16(family):
     # channels-last detector computes fp32's losses on contiguous maps within bfloat16's
     # precision, same weights (dense terms 2 %, total 5 %; the RoI terms alone move with the
     # sampled RoIs: tests/test_gpu.py says more)
-    import copy
-
     from timm_backbones import init_detector
     from timm_backbones.families import get_family
-    from test_gpu import train_batch
+    from test_gpu import recipe_losses, train_batch
     cfg = load_config(str(get_family(family).path))
     torch.manual_seed(0)
     reference = init_detector(cfg).train()
@@ -100,15 +98,8 @@ def test_recipe_losses_under_cpu_bfloat16(family):
     model = init_detector(cfg).train()
     model.load_state_dict(reference.state_dict())
     batch = train_batch(with_masks=False)
-
-    def losses(m, dtype):
-        torch.manual_seed(0)
-        data = m.data_preprocessor(copy.deepcopy(batch), True)
-        with torch.autocast('cpu', dtype=dtype, enabled=dtype != torch.float32):
-            out = m(**data, mode='loss')
-        return {k: float(sum(v) if isinstance(v, list) else v) for k, v in out.items()
-                if 'loss' in k}
-    ref, fast = losses(reference, torch.float32), losses(model, torch.bfloat16)
+    ref, _ = recipe_losses(reference, batch, 'cpu', torch.float32)
+    fast, _ = recipe_losses(model, batch, 'cpu', torch.bfloat16)
     dense = [k for k in ref if family == 'retinanet' or k.startswith('loss_rpn')]
     assert all(abs(fast[k] - ref[k]) <= 0.02 * abs(ref[k]) for k in dense), (ref, fast)
     assert abs(sum(fast.values()) - sum(ref.values())) <= 0.05 * sum(ref.values()), (ref, fast)
