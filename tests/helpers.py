@@ -64,6 +64,21 @@ def mmdet_model(path, backbone, **changes):
     return model
 
 
+def swish_as_silu(module):
+    """mmcv's Swish modules (x * sigmoid(x), two ops) replaced by torch's SiLU (the same function
+    in one op, what timm's EfficientNet runs); no parameter changes. Returns how many."""
+    import torch
+    from mmcv.cnn.bricks.swish import Swish
+    count = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, Swish):
+            setattr(module, name, torch.nn.SiLU())
+            count += 1
+        else:
+            count += swish_as_silu(child)
+    return count
+
+
 def merge(base, changes):
     """Merge `changes` into `base` in place, dicts key by key."""
     for key, value in changes.items():

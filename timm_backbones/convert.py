@@ -13,6 +13,8 @@ detections (`tests/test_equivalence.py` is the oracle). Twins:
 | `RegNet` `regnetx_400mf` ... `regnetx_12gf` (name or arch dict) | `regnetx_004` ... `regnetx_120` |
 | `ResNeSt` (depth, stem) (50, 64), (101, 128), (200, 128) | `resnest50d`, `101e`, `200e` |
 | `CSPNeXt` P5, RTMDet's factors, torch's BN eps (`SyncBN`) | `cspnext_tiny` ... `cspnext_x` |
+| `HRNet` with timm's stage settings (`extra`) | `hrnet_w18` ... with `feature_location=''` |
+| `EfficientNet` b0..b8 (TF "same" padding / `conv_cfg=None`) | `tf_efficientnet_b*` / `efficientnet_b*` |
 
 In a detector's state dict the native backbone's keys sit under `backbone.` and the twin's
 under `backbone.model.` (TimmBackbone holds timm's feature extractor as `model`). Only the
@@ -28,6 +30,7 @@ Example:
     ('resnet50', (1, 2, 3, 4))
     >>> timm_sd = convert_state_dict(native_detector_sd, to='timm', arch=native_backbone_cfg)
 """
+import contextlib
 import copy
 import re
 from collections import OrderedDict
@@ -36,13 +39,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ._cache import Memo
+from ._twins import KEY_RULES, native_of, twin_of
 
 __all__ = ['TWIN_TYPES', 'NO_TWIN', 'REGNET_NAMES', 'RESNEST_NAMES', 'CSPNEXT_NAMES',
            'twin_config', 'native_config', 'key_map',
            'convert_state_dict']
 
 # mmdet backbones with a timm twin
-TWIN_TYPES = ('ResNet', 'ResNetV1d', 'ResNeXt', 'RegNet', 'ResNeSt', 'CSPNeXt')
+TWIN_TYPES = ('ResNet', 'ResNetV1d', 'ResNeXt', 'RegNet', 'ResNeSt', 'CSPNeXt', 'HRNet',
+              'EfficientNet')
 
 # mmdet's RegNet arch names -> timm's (same w0, wa, wm, group width, depth; bot_mul 1.0)
 REGNET_NAMES = {
@@ -97,7 +102,9 @@ NO_TWIN = {
                    "weights), but mmdet always builds conv2 (1x1 conv to 1280 channels, out "
                    "index 7) and timm's feature extractor drops its conv_head: the weights are "
                    'not one to one, and index 7 has no timm level',
-    'EfficientNet': 'not checked (mmdet pads TF-"same"; the candidate is tf_efficientnet_b*)',
+    'EfficientNet(arch es/em/el)': "timm's tf_efficientnet_es/em (EdgeTPU) use ReLU where "
+                                   "mmdet applies act_cfg (Swish by default): outputs differ by "
+                                   "up to 0.14 with the same weights; el's layers do not match",
     'PyramidVisionTransformerV2': "other math: timm's pvt_v2 patch-embed and spatial-reduction "
                                   'LayerNorms have eps=1e-5 (mmdet 1e-6; measured on b0: stage '
                                   'outputs differ by up to 9e-5); with those eps set equal, '
@@ -114,9 +121,23 @@ NO_TWIN = {
                                'avg_down_stride other than 2, 4, 1, 4, True, depth 152, or '
                                'another (depth, stem_channels) than RESNEST_NAMES: no timm '
                                'resnest computes them',
-    'HRNet': 'not checked (timm\'s features_only HRNet adds its own "incre" heads)',
-    'SwinTransformer, DarkNet, CSPDarknet, SSDVGG, HourglassNet, DetectoRS_ResNet, TridentResNet':
-        'not checked',
+    'HRNet(other extra / multiscale_output=False / with_cp)': 'timm has HRNets for the stage '
+        'settings of hrnet_w18_small, _small_v2, w18, w30, w32, w40, w44, w48, w64 only, always '
+        'with four outputs, and no gradient checkpointing',
+    'SwinTransformer': "other math: mmdet applies a LayerNorm to each output (norm0..norm3, "
+                       "2,880 parameters on swin-tiny that timm's features do not have), and "
+                       "its patch merging orders the 2x2 neighbours' channels as nn.Unfold does "
+                       "(channel-major) where timm's concatenates them by position: merge "
+                       'weights would need permuting, not renaming',
+    'Darknet': "other math: timm's darknet53 uses LeakyReLU(0.01), mmdet's Darknet "
+               'LeakyReLU(0.1) (same layers and shapes; measured outputs off by up to 0.25 of '
+               '1.8 with the same weights)',
+    'CSPDarknet': "other architecture: mmdet's (YOLOX) starts with a Focus stem (space-to-depth, "
+                  "12 channels) and is scaled by deepen/widen factors; timm's cspdarknet53 is "
+                  "YOLOv4's",
+    'SSDVGG, HourglassNet, DetectoRS_ResNet, TridentResNet': 'no timm counterpart (timm has no '
+        "VGG with SSD's extra layers, no Hourglass; DetectoRS' and TridentNet's ResNets change "
+        'the blocks themselves)',
 }
 
 _RESNET_DEPTHS = (18, 34, 50, 101, 152)
@@ -172,12 +193,15 @@ def _native_to_timm_name(cfg: Mapping) -> Tuple[str, str]:
     """(timm model name, key rule) for a native backbone config, or a clear error."""
     kind = _type_name(cfg)
     if kind not in TWIN_TYPES:
-        reason = next((why for name, why in NO_TWIN.items() if name.split('(')[0] == kind), None)
+        reason = next((why for name, why in NO_TWIN.items()
+                       if kind in re.split(r'[ ,(]+', name)), None)
         raise ValueError(f'mmdet backbone type {kind!r} has no timm twin'
                          + (f' ({reason})' if reason else '')
                          + f'. Backbones with a twin: {", ".join(TWIN_TYPES)}. Use a '
                          "TimmBackbone from scratch instead (dict(type='TimmBackbone', "
                          "model_name=...)).")
+    if kind in KEY_RULES:
+        return twin_of(kind, cfg)[0], KEY_RULES[kind]
     if kind == 'RegNet':
         arch = cfg.get('arch')
         if isinstance(arch, Mapping):
@@ -237,6 +261,9 @@ def _check_native(cfg: Mapping, drop_init_cfg: bool) -> None:
     kind = _type_name(cfg)
     if kind == 'CSPNeXt':
         _check_cspnext(cfg, drop_init_cfg)
+        return
+    if kind in KEY_RULES:  # options checked by twin_of
+        _check_init(kind, cfg, drop_init_cfg)
         return
     fixed = dict(_RESNET_FIXED)
     if kind == 'RegNet':
@@ -328,6 +355,8 @@ def twin_config(backbone: Mapping, drop_init_cfg: bool = False) -> Dict[str, Any
     name, _ = _native_to_timm_name(cfg)
     _check_native(cfg, drop_init_cfg)
     kind = _type_name(cfg)
+    if kind in KEY_RULES:
+        return twin_of(kind, cfg)[1]
     # mmdet's CSPNeXt counts its stem as index 0, like timm: its indices are timm's levels
     cspnext = kind == 'CSPNeXt'
     out_indices = cfg.get('out_indices', (2, 3, 4) if cspnext else (0, 1, 2, 3))
@@ -369,6 +398,9 @@ def native_config(backbone: Union[str, Mapping]) -> Dict[str, Any]:
     if kind != 'TimmBackbone':
         raise ValueError(f'native_config expects a TimmBackbone config or a timm model name, '
                          f'got type={kind!r}. For native configs use twin_config.')
+    native_twin = native_of(str(cfg['model_name']), cfg)  # HRNet, EfficientNet
+    if native_twin is not None:
+        return native_twin
     allowed = ('type', 'model_name', 'out_indices', 'frozen_stages', 'norm_eval', 'with_cp',
                'in_channels', 'sync_bn', 'pretrained')
     extra = [k for k in cfg if k not in allowed]
@@ -413,8 +445,10 @@ def native_config(backbone: Union[str, Mapping]) -> Dict[str, Any]:
     else:
         raise ValueError(f'timm model {name!r} has no native mmdet twin: twins are resnet{{18,34,'
                          f'50,101,152}}[c|d], resnext*_*x*d, {", ".join(REGNET_NAMES.values())}, '
-                         f'{", ".join(RESNEST_NAMES.values())} and '
-                         f'{", ".join(CSPNEXT_NAMES.values())}.')
+                         f'{", ".join(RESNEST_NAMES.values())}, '
+                         f'{", ".join(CSPNEXT_NAMES.values())}, hrnet_w* (with '
+                         "model_kwargs=dict(feature_location='')), tf_efficientnet_b0..b8 and "
+                         'efficientnet_b0..b8.')
     levels = tuple(cfg.get('out_indices', (1, 2, 3, 4)))
     if not all(isinstance(i, int) and 1 <= i <= 4 for i in levels):
         raise ValueError(f'TimmBackbone out_indices={levels!r}: a native twin returns only '
@@ -441,8 +475,8 @@ def _pair(arch: Union[str, Mapping]) -> Tuple[Dict[str, Any], Dict[str, Any], st
         native = native_config(arch)
     else:
         native = dict(arch)
-    native.pop('init_cfg', None)
-    native.pop('pretrained', None)
+    for key in ('init_cfg', 'pretrained', 'drop_path_rate'):  # no keys (and .item() on meta)
+        native.pop(key, None)
     twin = twin_config(native)
     _, rule = _native_to_timm_name(native)
     twin.pop('sync_bn', None)  # key names are those of BN
@@ -480,7 +514,7 @@ def _timm_key(native_key: str, rule: str) -> str:
             stage, block, index, rest = match.groups()
             return f's{stage}.b{int(block) + 1}.downsample.{"conv" if index == "0" else "bn"}' \
                 f'.{rest}'
-    return native_key  # resnet: timm kept torchvision's (= mmdet's) names
+    return native_key  # resnet, HRNet: timm kept the original (= mmdet's) names
 
 
 def _shapes(module: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
@@ -501,10 +535,14 @@ def _build_rows(arch: Union[str, Mapping]) -> Tuple[Tuple[str, str, Tuple[int, .
 
     from ._backbone import TimmBackbone
     native_cfg, twin_cfg, rule = _pair(arch)
-    with torch.device('meta'):
+    # mmdet's EfficientNet calls .item() while building: built on the CPU (a second at most)
+    with contextlib.nullcontext() if rule == 'position' else torch.device('meta'):
         native = MODELS.build(copy.deepcopy(native_cfg))
+    with torch.device('meta'):
         twin = TimmBackbone(**{k: v for k, v in twin_cfg.items() if k != 'type'})
     native_shapes, twin_shapes = _shapes(native), _shapes(twin)
+    if rule == 'position':  # EfficientNet: the same tensors in the same order, other names
+        return _rows_by_position(native_shapes, twin_shapes, twin_cfg['model_name'])
     rows = []
     for key, shape in native_shapes.items():
         target = 'model.' + _timm_key(key, rule)
@@ -519,6 +557,20 @@ def _build_rows(arch: Union[str, Mapping]) -> Tuple[Tuple[str, str, Tuple[int, .
     if left:
         raise KeyError(f'internal: TimmBackbone keys {sorted(left)[:5]} have no native key '
                        f'in {native_cfg!r}')
+    return tuple(rows)
+
+
+def _rows_by_position(native: Dict[str, Tuple[int, ...]], twin: Dict[str, Tuple[int, ...]],
+                      name: str) -> Tuple[Tuple[str, str, Tuple[int, ...]], ...]:
+    """Rows pairing keys in registration order: as many, each pair of equal shape and kind."""
+    if len(native) != len(twin):
+        raise KeyError(f'internal: the native backbone has {len(native)} tensors, TimmBackbone '
+                       f'{name!r} {len(twin)}')
+    rows = []
+    for (key, shape), (target, twin_shape) in zip(native.items(), twin.items()):
+        if shape != twin_shape or key.rsplit('.', 1)[-1] != target.rsplit('.', 1)[-1]:
+            raise ValueError(f'internal: native {key!r} {shape} vs twin {target!r} {twin_shape}')
+        rows.append((key, target, shape))
     return tuple(rows)
 
 
