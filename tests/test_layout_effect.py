@@ -8,7 +8,8 @@ through `tools/train.py` as users run it:
   reached mmcv's RoIAlign (before the contract) this reached bbox mAP 0.000 (mAP@0.5 0.001);
   with contiguous maps 0.692 / 0.955 (both measured for issue 27).
 - Mask R-CNN: the shipped `configs/mask-rcnn_timm-convnext-tiny_fpn_1x_coco.py` shrunk to
-  `convnext_atto` (from scratch), 6 epochs, bbox and segm mAP.
+  `convnext_atto` (from scratch), 6 epochs, bbox and segm mAP (measured after the contract:
+  bbox 0.775 / 0.979 / 0.893, segm 0.848 / 0.985 / 0.957).
 Each test prints its metrics (`pytest -s`) and asserts the detector learned (bbox mAP > 0.4).
 """
 import json

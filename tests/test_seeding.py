@@ -144,10 +144,14 @@ def test_runner_applies_it_when_the_config_asks():
 
     from timm_backbones.engine._runner_common import with_sample_seeding
     loader = dict(sampler=dict(type='DefaultSampler'), dataset=dict(type='X'))
-    cfg = with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader)))
+    cfg = with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader,
+                                          custom_hooks=[dict(type='LossCurveHook')])))
     assert cfg.train_dataloader.sampler.type == 'PerSampleSeedSampler'
+    assert [h['type'] for h in cfg.custom_hooks] == ['LossCurveHook', 'IterationSeedHook']
+    assert with_sample_seeding(cfg).custom_hooks == cfg.custom_hooks  # added once
     cfg = with_sample_seeding(Config(dict(sample_seeding=False, train_dataloader=loader)))
     assert cfg.train_dataloader.sampler.type == 'DefaultSampler'
+    assert not cfg.get('custom_hooks')
     with pytest.raises(TypeError, match="sample_seeding must be True or False, got 'yes'"):
         with_sample_seeding(Config(dict(sample_seeding='yes', train_dataloader=loader)))
     # the shipped base config turns it on for every config that inherits it
@@ -163,3 +167,21 @@ def test_pipeline_switch_reaches_the_wrapped_dataset():
     assert dataset.pipeline == 'old'
     dataset.pipeline = 'new'
     assert inner.pipeline == 'new' and 'pipeline' not in vars(dataset)
+
+
+def test_iteration_seed_hook_draws_depend_on_the_iteration_only():
+    # what the model draws in iteration i (torch, numpy, random) does not depend on what the
+    # process drew before: a resumed run draws what the uninterrupted one drew
+    from types import SimpleNamespace
+
+    from timm_backbones.engine import IterationSeedHook
+
+    def draws(runner, before):
+        torch.rand(before), np.random.rand(before), [random.random() for _ in range(before)]
+        IterationSeedHook().before_train_iter(runner, batch_idx=0)
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), random.random()
+
+    run = SimpleNamespace(seed=7, iter=12)
+    assert draws(run, 1) == draws(run, 5)  # other draws before it: the same
+    assert draws(run, 1) != draws(SimpleNamespace(seed=7, iter=13), 1)  # next iteration
+    assert draws(run, 1) != draws(SimpleNamespace(seed=8, iter=12), 1)  # another seed

@@ -20,14 +20,15 @@ from ._layer_decay import (NoGroupMatcherError, TimmLayerDecayOptimWrapperConstr
 from ._recipe import FAST_DTYPES, fast_recipe
 from ._runner import TimmBackboneRunner
 from ._tools import add_backbone_argument, tool_config
-from ._seeding import (PerSampleSeedDataset, PerSampleSeedSampler, SampleIndex,
-                       per_sample_seed_dataloader, seeded)
+from ._seeding import (IterationSeedHook, PerSampleSeedDataset, PerSampleSeedSampler,
+                       SampleIndex, per_sample_seed_dataloader, seeded)
 
 __all__ = ['TimmBackboneRunner', 'TimmBackboneFlexibleRunner', 'TimmBlockWrapPolicy',
            'timm_block_wrap_policy',
            'timm_block_check_fn', 'build_detector', 'init_detector', 'load_config',
            'install_resolving_build',
-           'LossCurveHook', 'TimmLayerDecayOptimWrapperConstructor', 'layer_decay_settings',
+           'LossCurveHook', 'IterationSeedHook', 'TimmLayerDecayOptimWrapperConstructor',
+           'layer_decay_settings',
            'NoGroupMatcherError', 'export_onnx', 'check_onnx', 'run_onnx', 'flatten_tensors',
            'PerSampleSeedDataset', 'PerSampleSeedSampler', 'SampleIndex', 'seeded',
            'per_sample_seed_dataloader', 'add_backbone_argument', 'tool_config',

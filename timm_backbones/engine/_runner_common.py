@@ -39,6 +39,7 @@ from ..wiring import resolve_config
 from ._atomic import (atomic_checkpoint, atomic_pointer_writes, check_resume_file,
                       removals_after_saves, resume_source)
 from ._optim_state import resume_state, saved_state
+from .._configs import type_name
 from ._seeding import per_sample_seed_dataloader
 
 __all__ = ['TimmRunnerMixin', 'prepare_config', 'with_sample_seeding', 'init_cpu_process_group',
@@ -56,8 +57,9 @@ def prepare_config(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, Config
 
 
 def with_sample_seeding(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, ConfigDict, dict]:
-    """`cfg` (modified) with per-sample augmentation seeding on its train dataloader when it sets
-    `sample_seeding=True` (`per_sample_seed_dataloader`).
+    """`cfg` (modified) with per-sample augmentation seeding on its train dataloader, and the
+    main process's generators seeded per training iteration (`IterationSeedHook`), when it
+    sets `sample_seeding=True` (`per_sample_seed_dataloader`).
 
     Example:
         >>> with_sample_seeding(Config(dict(sample_seeding=True, train_dataloader=loader)))
@@ -67,6 +69,9 @@ def with_sample_seeding(cfg: Union[Config, ConfigDict, dict]) -> Union[Config, C
         raise TypeError(f'sample_seeding must be True or False, got {seeding!r}')
     if seeding and cfg.get('train_dataloader') is not None:
         cfg['train_dataloader'] = per_sample_seed_dataloader(cfg['train_dataloader'])
+        hooks = list(cfg.get('custom_hooks') or [])
+        if not any(type_name(h) == 'IterationSeedHook' for h in hooks):
+            cfg['custom_hooks'] = hooks + [dict(type='IterationSeedHook')]
     return cfg
 
 

@@ -19,9 +19,14 @@ with `num_workers=0` the main process's own random streams are not disturbed). `
 counts how often the sampler yielded that index since its iteration began: for epoch-based
 samplers it is 0; for an infinite sampler it is the pass over the data.
 
+The main process draws too while training (stochastic depth, RoI samplers, batch
+augmentations): `IterationSeedHook` seeds its generators before each training iteration from
+(seed, iteration), so a resumed run draws what the uninterrupted one drew (mmengine reseeds a
+resumed run as at the start of training).
+
 `per_sample_seed_dataloader(cfg)` wraps a dataloader config's dataset and sampler (idempotent);
-`TimmBackboneRunner` applies it to `train_dataloader` when the config sets
-`sample_seeding=True`, as `configs/_base_/timm_runtime.py` does.
+`TimmBackboneRunner` applies it to `train_dataloader`, and adds `IterationSeedHook`, when the
+config sets `sample_seeding=True`, as `configs/_base_/timm_runtime.py` does.
 """
 import contextlib
 import copy
@@ -30,13 +35,14 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sized, Tuple
 
 import numpy as np
 import torch
-from mmdet.registry import DATA_SAMPLERS, DATASETS
+from mmdet.registry import DATA_SAMPLERS, DATASETS, HOOKS
 from mmengine.dist import sync_random_seed
+from mmengine.hooks import Hook
 from torch.utils.data import Dataset, Sampler
 
 from .._configs import type_name
 
-__all__ = ['SampleIndex', 'seeded', 'PerSampleSeedSampler', 'PerSampleSeedDataset',
+__all__ = ['SampleIndex', 'seeded', 'seed_generators', 'IterationSeedHook', 'PerSampleSeedSampler', 'PerSampleSeedDataset',
            'per_sample_seed_dataloader']
 
 SeedKey = Tuple[int, int, int, int]
@@ -65,6 +71,43 @@ class SampleIndex(int):
         return SampleIndex, (int(self), self.key)
 
 
+def seed_generators(key: Tuple[int, ...]) -> None:
+    """Seed numpy's, Python's and torch's global generators (torch: every device) from `key`.
+
+    Args:
+        key: Non-negative ints, e.g. (seed, iteration).
+    """
+    if not all(isinstance(k, (int, np.integer)) and k >= 0 for k in key):
+        raise ValueError(f'a seed key must be non-negative ints, got {key!r}')
+    words = np.random.SeedSequence([int(k) for k in key]).generate_state(4, np.uint32)
+    np.random.seed(int(words[0]))
+    random.seed(int(words[1]) << 32 | int(words[2]))
+    torch.manual_seed(int(words[3]))
+
+
+@HOOKS.register_module()
+class IterationSeedHook(Hook):
+    """Seeds the main process's global generators before each training iteration from (the
+    run's seed, the iteration), so what the model draws while training (stochastic depth, RoI
+    samplers, batch augmentations in the data preprocessor) depends on the iteration only, not
+    on what ran before it in this process.
+
+    Why: mmengine reseeds a resumed run with the run's seed, as at the start of training, so a
+    run resumed from epoch_1.pth repeated epoch 1's draws in epoch 2, and dataloader iterators
+    and validation draw from the same generators at other moments in a resumed run. Added by
+    `with_sample_seeding` (`sample_seeding=True`).
+
+    Example:
+        >>> custom_hooks = [dict(type='IterationSeedHook')]
+    """
+    priority = 'VERY_HIGH'
+
+    def before_train_iter(self, runner: Any, batch_idx: int,
+                          data_batch: Optional[Any] = None) -> None:
+        seed = runner.seed if runner.seed is not None else 0
+        seed_generators((int(seed) % (1 << 63), int(runner.iter)))
+
+
 @contextlib.contextmanager
 def seeded(key: Tuple[int, ...]) -> Iterator[None]:
     """Run a block with numpy's, Python's and torch's (CPU) global generators seeded from `key`,
@@ -80,14 +123,9 @@ def seeded(key: Tuple[int, ...]) -> Iterator[None]:
         ...     a == np.random.rand()
         True
     """
-    if not all(isinstance(k, (int, np.integer)) and k >= 0 for k in key):
-        raise ValueError(f'a seed key must be non-negative ints, got {key!r}')
-    words = np.random.SeedSequence([int(k) for k in key]).generate_state(4, np.uint32)
     np_state, py_state, torch_state = np.random.get_state(), random.getstate(), \
         torch.get_rng_state()
-    np.random.seed(int(words[0]))
-    random.seed(int(words[1]) << 32 | int(words[2]))
-    torch.manual_seed(int(words[3]))
+    seed_generators(key)
     try:
         yield
     finally:
