@@ -6,7 +6,9 @@ are written back unchanged, so converting there and back gives the same checkpoi
 mmengine checkpoint (`{'state_dict': ..., 'meta': ..., ...}`) or a bare state dict.
 
 The architecture comes from `--arch` (a timm model name such as `resnet50`, `resnet50d`,
-`resnext101_32x4d`, `regnetx_032`, or a config file whose `model.backbone` is used), else from
+`resnext101_32x4d`, `regnetx_032`, `resnest50d`, `cspnext_tiny`, `tf_efficientnet_b3`, or a
+config file whose `model.backbone` is used: HRNet's twin needs one, with
+`model_kwargs=dict(feature_location='')`), else from
 the config mmengine stored in the checkpoint (`meta['cfg']`). The config in `meta` is not
 rewritten: build the twin's detector from your own config (see `timm_backbones.convert.twin_config`).
 
@@ -27,8 +29,9 @@ from timm_backbones.convert import convert_state_dict
 
 def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Convert a detector checkpoint between an mmdet '
-                                     'native backbone (ResNet, ResNetV1d, ResNeXt, RegNet) and '
-                                     'its TimmBackbone twin')
+                                     'native backbone (ResNet, ResNetV1d, ResNeXt, RegNet, '
+                                     'ResNeSt, CSPNeXt, HRNet, EfficientNet) and its '
+                                     'TimmBackbone twin')
     parser.add_argument('input', help='checkpoint to read (mmengine format or a bare state dict)')
     parser.add_argument('output', help='checkpoint to write')
     parser.add_argument('--to', required=True, choices=('timm', 'mmdet'),
