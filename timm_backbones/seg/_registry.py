@@ -9,9 +9,9 @@ from mmseg.registry import (DATA_SAMPLERS, DATASETS, HOOKS, MODELS, OPTIM_WRAPPE
                             RUNNERS)
 
 from .._registry import register_backbones
-from ..engine import (LossCurveHook, PerSampleSeedDataset, PerSampleSeedSampler,
-                      TimmBackboneRunner, TimmLayerDecayOptimWrapperConstructor,
-                      install_resolving_build)
+from ..engine import (IterationSeedHook, LossCurveHook, PerSampleSeedDataset,
+                      PerSampleSeedSampler, TimmBackboneRunner,
+                      TimmLayerDecayOptimWrapperConstructor, install_resolving_build)
 
 __all__ = ['SEG_TIMM_MODELS', 'register_in']
 
@@ -27,6 +27,7 @@ SEG_TIMM_MODELS = register_backbones(MODELS)  # TimmBackbone and timm.<arch>
 install_resolving_build(MODELS)
 register_in(RUNNERS, TimmBackboneRunner)
 register_in(HOOKS, LossCurveHook)
+register_in(HOOKS, IterationSeedHook)
 register_in(OPTIM_WRAPPER_CONSTRUCTORS, TimmLayerDecayOptimWrapperConstructor)
 register_in(DATASETS, PerSampleSeedDataset)
 register_in(DATA_SAMPLERS, PerSampleSeedSampler)
