@@ -262,9 +262,6 @@ def _check_native(cfg: Mapping, drop_init_cfg: bool) -> None:
     if kind == 'CSPNeXt':
         _check_cspnext(cfg, drop_init_cfg)
         return
-    if kind in KEY_RULES:  # options checked by twin_of
-        _check_init(kind, cfg, drop_init_cfg)
-        return
     fixed = dict(_RESNET_FIXED)
     if kind == 'RegNet':
         fixed.update(strides=(2, 2, 2, 2), base_channels=32)
@@ -352,11 +349,12 @@ def twin_config(backbone: Mapping, drop_init_cfg: bool = False) -> Dict[str, Any
          'frozen_stages': 1, 'norm_eval': True}
     """
     cfg = dict(backbone)
+    kind = _type_name(cfg)
+    if kind in KEY_RULES:  # HRNet, EfficientNet: twin_of checks every option
+        _check_init(kind, cfg, drop_init_cfg)
+        return twin_of(kind, cfg)[1]
     name, _ = _native_to_timm_name(cfg)
     _check_native(cfg, drop_init_cfg)
-    kind = _type_name(cfg)
-    if kind in KEY_RULES:
-        return twin_of(kind, cfg)[1]
     # mmdet's CSPNeXt counts its stem as index 0, like timm: its indices are timm's levels
     cspnext = kind == 'CSPNeXt'
     out_indices = cfg.get('out_indices', (2, 3, 4) if cspnext else (0, 1, 2, 3))

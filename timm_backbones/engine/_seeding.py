@@ -104,8 +104,7 @@ class IterationSeedHook(Hook):
 
     def before_train_iter(self, runner: Any, batch_idx: int,
                           data_batch: Optional[Any] = None) -> None:
-        seed = runner.seed if runner.seed is not None else 0
-        seed_generators((int(seed) % (1 << 63), int(runner.iter)))
+        seed_generators((runner.seed, runner.iter))  # mmengine always sets a seed
 
 
 @contextlib.contextmanager
